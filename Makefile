@@ -1,0 +1,39 @@
+# fl_lab — `make lab` opens the lessons, `make test` runs every check.
+# Both first set up .venv (once; again when pyproject.toml or this file change).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The exact PyTorch the kit is tested with; pyproject.toml keeps loose ranges.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.fl_lab-installed
+# JupyterLab refuses to start as root without this flag; it is added only then.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup lab test notebooks clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else f"fl_lab needs Python >= 3.10; $(BIN)/python is {v.major}.{v.minor}. Remove $(VENV) and run again with PYTHON=python3.1x")'
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e ".[lab,test]"
+	touch $@
+
+# JupyterLab's own defaults protect the learner: it listens on localhost only and asks for
+# the random token it prints. Do not add --ip=0.0.0.0 or an empty token here.
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks
+
+# Unit tests and every notebook under nbval, in fast mode (settings in pyproject.toml).
+test: $(STAMP)
+	FL_LAB_FAST=1 $(BIN)/python -m pytest
+
+# Contributors: re-execute the notebooks in fast mode and strip images before committing.
+notebooks: $(STAMP)
+	$(BIN)/python tools/notebooks.py notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,53 @@
+"""fl_lab.widgets: sliders that redraw on release and are wired to the figure functions."""
+
+import ipywidgets as W
+import pytest
+
+from fl_lab import analysis, plots, widgets
+
+
+def sliders_of(box: W.VBox) -> dict[str, W.FloatSlider]:
+    controls, output = box.children
+    assert isinstance(output, W.Output)
+    return {s.description: s for s in controls.children}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Record the arguments each figure function is called with."""
+    calls = []
+    for name in ("loss_explorer_figure", "imbalance_figure"):
+        real = getattr(plots, name)
+
+        def spy(*args, _real=real, _name=name):
+            calls.append((_name, args))
+            return _real(*args)
+
+        monkeypatch.setattr(plots, name, spy)
+    return calls
+
+
+def test_focal_loss_explorer_redraws_with_slider_values(recorded):
+    box = widgets.focal_loss_explorer(gamma=2.0, alpha=0.25)
+    sliders = sliders_of(box)
+    assert set(sliders) == {"γ", "α"}
+    assert all(not s.continuous_update for s in sliders.values())
+    assert (sliders["γ"].min, sliders["γ"].max) == (0.0, 5.0) and (sliders["α"].min, sliders["α"].max) == (0.0, 1.0)
+    assert recorded[-1] == ("loss_explorer_figure", (2.0, 0.25))
+    sliders["γ"].value = 0.5
+    assert recorded[-1] == ("loss_explorer_figure", (0.5, 0.25))
+    sliders["α"].value = 0.75
+    assert recorded[-1] == ("loss_explorer_figure", (0.5, 0.75))
+
+
+def test_imbalance_explorer_recomputes_shares(recorded):
+    logits, target = analysis.simulate_anchor_batch(num_anchors=1000, num_positives=5)
+    box = widgets.imbalance_explorer(logits, target, gamma=2.0, alpha=0.25)
+    sliders = sliders_of(box)
+    assert all(not s.continuous_update for s in sliders.values())
+    first = recorded[-1][1][0]
+    assert list(first) == ["CE", "α-balanced CE (α = 0.25)", "FL (γ = 2, α = 0.25)"]
+    sliders["γ"].value = 1.0
+    second = recorded[-1][1][0]
+    assert list(second)[-1] == "FL (γ = 1, α = 0.25)"
+    assert second["FL (γ = 1, α = 0.25)"] != first["FL (γ = 2, α = 0.25)"]
