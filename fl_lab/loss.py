@@ -163,6 +163,11 @@ def _check_tensors(logits: Tensor, target: Tensor, check_values: bool) -> bool:
     return is_index
 
 
+def _is_binary(t: Tensor) -> bool:
+    """True when every entry of a dense target is exactly 0 or 1."""
+    return bool(((t == 0) | (t == 1)).all())
+
+
 def _compute_dtype(logits: Tensor) -> torch.dtype:
     # Half-precision inputs are computed in fp32, as autocast does for losses.
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
@@ -248,7 +253,8 @@ def focal_loss(
     if is_index:
         return _index_loss(x, target, partial(_focal_of_z, gamma=gamma), alpha, reduction)
     t = target.to(x.dtype)
-    loss = _focal_dense(x, t, gamma)
+    # 0/1 targets (the common case) take the cheaper binary kernel; soft ones the general form.
+    loss = _focal_of_z(x * (1 - 2 * t), gamma) if _is_binary(t) else _focal_dense(x, t, gamma)
     if alpha is not None:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     return _reduce_dense(loss, reduction)
@@ -297,7 +303,7 @@ def focal_loss_star(
     if is_index:
         return _index_loss(x, target, kernel, alpha, reduction)
     t = target.to(x.dtype)
-    if check_values and t.numel() > 0 and not bool(((t == 0) | (t == 1)).all()):
+    if check_values and not _is_binary(t):
         raise ValueError("focal_loss_star needs binary targets: a dense target must hold only 0 and 1")
     loss = kernel(x * (1 - 2 * t))  # z = -x_t
     if alpha is not None:

@@ -240,7 +240,8 @@ def test_cross_entropy_gradient_is_y_times_pt_minus_1():
 def test_finite_at_extreme_logits(dtype, gamma, magnitude):
     x = torch.tensor([[magnitude, -magnitude], [-magnitude, magnitude]], dtype=dtype)
     labels = torch.tensor([0, BACKGROUND])
-    for target in (labels, one_hot(labels, 2, dtype), torch.full((2, 2), 0.5, dtype=dtype)):
+    mixed = torch.tensor([[1.0, 0.5], [0.0, 0.2]], dtype=dtype)  # soft path; 0/1 entries where p_t -> 1
+    for target in (labels, one_hot(labels, 2, dtype), torch.full((2, 2), 0.5, dtype=dtype), mixed):
         for alpha in ALPHAS:
             xg = x.clone().requires_grad_(True)
             loss = focal_loss(xg, target, gamma, alpha, "none")
