@@ -17,10 +17,12 @@ from torch import Tensor
 from .loss import BACKGROUND, IGNORE, focal_loss
 
 __all__ = [
+    "ASSIGNMENT_KINDS",
     "GROUPS",
     "GroupLoss",
     "LossSetting",
     "compare_losses",
+    "count_assignments",
     "format_shares",
     "loss_shares",
     "simulate_anchor_batch",
@@ -155,3 +157,21 @@ def format_shares(results: dict[str, dict[str, GroupLoss]]) -> str:
             f"{name:<28}" + "".join(f"{groups[g].share:>16.1%}" for g in GROUPS) + f"{total:>13.1f}"
         )
     return "\n".join(lines)
+
+
+ASSIGNMENT_KINDS = ("foreground", "ignored", "background")
+"""The three outcomes of matching an anchor (paper §4): IoU ≥ 0.5, in [0.4, 0.5), < 0.4."""
+
+
+def count_assignments(labels: Tensor, levels: Tensor, num_levels: int) -> Tensor:
+    """Count foreground, ignored and background anchors per pyramid level.
+
+    labels: (A,) or (B, A) index-form targets (class ≥ 0, -1 background, -2 ignored);
+    levels: (A,) level index of each anchor (``AnchorGenerator.level_of``).
+    Returns (num_levels, 3) int64, columns in :data:`ASSIGNMENT_KINDS` order, summed over B.
+    """
+    if labels.shape[-1] != levels.shape[0]:
+        raise ValueError(f"labels have {labels.shape[-1]} anchors but levels {levels.shape[0]}")
+    kind = torch.where(labels >= 0, 0, torch.where(labels == IGNORE, 1, 2))
+    index = (levels.to(labels.device) * 3 + kind).reshape(-1)
+    return torch.bincount(index, minlength=num_levels * 3).reshape(num_levels, 3)

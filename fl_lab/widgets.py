@@ -7,12 +7,16 @@ its sliders and calls them. Sliders redraw on release (``continuous_update=False
 from __future__ import annotations
 
 import ipywidgets as W
+import torch
 from IPython.display import display
 from torch import Tensor
 
 from . import analysis, plots
+from .anchors import AnchorGenerator, level_names
+from .boxes import box_iou_batched
+from .matcher import Matcher
 
-__all__ = ["focal_loss_explorer", "imbalance_explorer"]
+__all__ = ["anchor_explorer", "focal_loss_explorer", "imbalance_explorer", "matching_explorer"]
 
 
 def _slider(description: str, value: float, low: float, high: float, step: float) -> W.FloatSlider:
@@ -58,5 +62,49 @@ def imbalance_explorer(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha
         results = analysis.compare_losses(logits, target, settings)
         print(analysis.format_shares(results))
         display(plots.imbalance_figure(results))
+
+    return W.VBox([W.HBox(list(sliders.values())), W.interactive_output(render, sliders)])
+
+
+def anchor_explorer(image, generator: AnchorGenerator) -> W.VBox:
+    """Pick a level, aspect ratio and scale; see that anchor at every location of its level."""
+    controls = {
+        "level": W.Dropdown(options=[(n, i) for i, n in enumerate(level_names(generator))], value=0, description="level"),
+        "ratio_index": W.Dropdown(
+            options=[(f"{r:g}", i) for i, r in enumerate(generator.aspect_ratios)], value=0, description="h/w"
+        ),
+        "scale_index": W.Dropdown(
+            options=[(f"{s:.2f}", j) for j, s in enumerate(generator.scales)], value=0, description="scale"
+        ),
+    }
+
+    def render(level: int, ratio_index: int, scale_index: int) -> None:
+        display(plots.anchor_grid_figure(image, generator, level, ratio_index, scale_index))
+
+    return W.VBox([W.HBox(list(controls.values())), W.interactive_output(render, controls)])
+
+
+def matching_explorer(image, generator: AnchorGenerator, gt_boxes: Tensor) -> W.VBox:
+    """Move the foreground and background IoU thresholds; watch the anchors' labels change.
+
+    gt_boxes: (G, 4) of the image. Low-quality matches are those the strict rule would not make.
+    """
+    size = tuple(image.shape[:2])
+    anchors, levels = generator.gen(size), generator.level_of(size)
+    iou = box_iou_batched(gt_boxes.unsqueeze(0).float(), anchors)[0]
+    sliders = {"fg_iou": _slider("fg", 0.5, 0.05, 0.95, 0.05), "bg_iou": _slider("bg", 0.4, 0.0, 0.95, 0.05)}
+    for s in sliders.values():
+        s.style = {"description_width": "1.5em"}
+
+    def render(fg_iou: float, bg_iou: float) -> None:
+        if bg_iou > fg_iou:
+            print(f"The background threshold ({bg_iou:.2f}) must not exceed the foreground one ({fg_iou:.2f}).")
+            return
+        matches = Matcher(fg_iou, bg_iou)(iou)
+        strict = Matcher(fg_iou, bg_iou, allow_low_quality=False)(iou)
+        labels = torch.where(matches >= 0, 0, matches)  # one class: only fg / ignored / bg matter here
+        counts = analysis.count_assignments(labels, levels, len(generator.strides)).sum(0).tolist()
+        print("foreground {:,} · ignored {:,} · background {:,}".format(*counts))
+        display(plots.assignment_figure(image, anchors, levels, labels, gt_boxes, (matches >= 0) & (strict < 0), level_names(generator)))
 
     return W.VBox([W.HBox(list(sliders.values())), W.interactive_output(render, sliders)])

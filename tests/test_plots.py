@@ -50,3 +50,66 @@ def test_imbalance_figure_shows_counts_and_shares():
     widths = [p.get_width() for p in fig.axes[1].patches]  # group-major: 2 bars per group
     np.testing.assert_allclose(widths[0::2], [g.share for g in results["CE"].values()])
     np.testing.assert_allclose(sum(widths), 2.0)
+
+
+# ---------------------------------------------------------------- lesson 02: anchors
+from fl_lab.analysis import count_assignments  # noqa: E402
+from fl_lab.anchors import AnchorGenerator, level_names  # noqa: E402
+from fl_lab.matcher import assign_targets  # noqa: E402
+
+IMAGE = np.zeros((200, 160, 3), dtype=np.uint8)
+GT = torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 10.0, 140.0, 40.0]])
+
+
+def test_cell_anchors_figure_draws_a_anchors():
+    gen = AnchorGenerator()
+    fig = plots.cell_anchors_figure(IMAGE, gen, level=1, center=(70, 90))
+    assert_labelled(fig, 1)
+    drawn = [c for c in fig.axes[0].collections]
+    assert sum(len(c.get_segments()) for c in drawn) == 9
+    assert "P4" in fig.axes[0].get_title()
+
+
+def test_pyramid_figure_has_a_panel_per_level():
+    gen = AnchorGenerator()
+    fig = plots.pyramid_figure(IMAGE, gen, locations_per_level=2)
+    assert_labelled(fig, 5)
+    counts = gen.num_anchors_per_level(IMAGE.shape[:2])
+    for ax, name, count in zip(fig.axes, level_names(gen), counts):
+        assert ax.get_title().startswith(name) and f"{count:,} anchors" in ax.get_title()
+        assert sum(len(c.get_segments()) for c in ax.collections) == 2 * 9
+
+
+def test_anchor_grid_figure_draws_every_location():
+    gen = AnchorGenerator()
+    fig = plots.anchor_grid_figure(IMAGE, gen, level=0, ratio_index=2, scale_index=1)
+    assert_labelled(fig, 1)
+    rows, cols = gen.feature_sizes(IMAGE.shape[:2])[0]
+    every, one = fig.axes[0].collections
+    assert len(every.get_segments()) == rows * cols and len(one.get_segments()) == 1
+    (x1, y1), (x2, _), (_, y2) = one.get_segments()[0][:3]
+    assert abs((y2 - y1) / (x2 - x1) - 2.0) < 1e-9  # aspect ratio h / w = 2
+
+
+def test_assignment_figures():
+    gen = AnchorGenerator()
+    size = IMAGE.shape[:2]
+    anchors, levels = gen.gen(size), gen.level_of(size)
+    labels = assign_targets(anchors, GT[None], torch.tensor([[0, 1]])).labels[0]
+    fig = plots.assignment_figure(IMAGE, anchors, levels, labels, GT, names=level_names(gen))
+    assert_labelled(fig, 5)
+    counts = count_assignments(labels, levels, 5)
+    for ax, (fg, ign, bg) in zip(fig.axes, counts.tolist()):
+        assert f"{bg:,} background" in ax.get_title()
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert f"foreground ({fg})" in texts and f"ignored ({ign})" in texts
+    fig = plots.assignment_counts_figure(counts, level_names(gen), "per level")
+    assert_labelled(fig, 1)
+    assert len(fig.axes[0].patches) == 15
+
+
+def test_ground_truth_figure():
+    fig = plots.ground_truth_figure(IMAGE, GT, torch.tensor([1, 0]), ["cat", "dog"])
+    assert_labelled(fig, 1)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["dog (100×120)", "cat (40×30)"]

@@ -51,3 +51,39 @@ def test_imbalance_explorer_recomputes_shares(recorded):
     second = recorded[-1][1][0]
     assert list(second)[-1] == "FL (γ = 1, α = 0.25)"
     assert second["FL (γ = 1, α = 0.25)"] != first["FL (γ = 2, α = 0.25)"]
+
+
+def test_anchor_explorer_redraws_the_chosen_shape(monkeypatch):
+    import numpy as np
+
+    from fl_lab.anchors import AnchorGenerator
+
+    calls = []
+    monkeypatch.setattr(plots, "anchor_grid_figure", lambda *args: calls.append(args[2:]) or plots.figure1())
+    box = widgets.anchor_explorer(np.zeros((64, 64, 3), dtype=np.uint8), AnchorGenerator())
+    level, ratio, scale = box.children[0].children
+    assert calls[-1] == (0, 0, 0)
+    level.value, ratio.value, scale.value = 4, 2, 1
+    assert calls[-1] == (4, 2, 1)
+    assert [label for label, _ in level.options] == ["P3", "P4", "P5", "P6", "P7"]
+
+
+def test_matching_explorer_follows_thresholds(monkeypatch, capsys):
+    import numpy as np
+    import torch
+
+    from fl_lab.anchors import AnchorGenerator
+
+    calls = []
+    monkeypatch.setattr(plots, "assignment_figure", lambda *args: calls.append(args) or plots.figure1())
+    gt = torch.tensor([[10.0, 10.0, 50.0, 60.0]])
+    box = widgets.matching_explorer(np.zeros((64, 64, 3), dtype=np.uint8), AnchorGenerator(), gt)
+    fg, bg = sliders_of(box).values()
+    assert not fg.continuous_update and not bg.continuous_update
+    labels_default = calls[-1][3]
+    bg.value = 0.05
+    labels_low_bg = calls[-1][3]
+    assert int((labels_low_bg == -2).sum()) > int((labels_default == -2).sum())  # a wider ignore band
+    n = len(calls)
+    bg.value = 0.9  # above fg: refused with a message, nothing drawn
+    assert len(calls) == n and "must not exceed" in capsys.readouterr().out

@@ -1,8 +1,4 @@
-"""Figures of the lessons: plain arguments in, a ``matplotlib.figure.Figure`` out.
-
-Figures are built with the object-oriented API (no pyplot state), so tests can call these
-functions without a display and a notebook shows each figure exactly once.
-"""
+"""Figures of lesson 01: the focal loss and where a batch's loss goes."""
 
 from __future__ import annotations
 
@@ -11,8 +7,8 @@ from typing import Sequence
 import torch
 from matplotlib.figure import Figure
 
-from .analysis import GROUPS, GroupLoss
-from .loss import focal_loss_of_pt
+from ..analysis import GROUPS, GroupLoss
+from ..loss import focal_loss_of_pt
 
 __all__ = ["figure1", "imbalance_figure", "loss_explorer_figure"]
 

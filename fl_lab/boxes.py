@@ -1,0 +1,158 @@
+"""Boxes: regression coding, a batched IoU, and checks (what torchvision.ops lacks).
+
+Boxes are ``x1, y1, x2, y2`` in input-image pixels everywhere in fl_lab. IoU of two box
+sets, areas and NMS come from ``torchvision.ops`` (``box_iou``, ``box_area``,
+``batched_nms``); this module adds only the batched IoU of padded ground truth against a
+shared anchor set, the box coder on any leading shape, and input validation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["BoxCoder", "box_iou_batched", "check_boxes", "random_boxes"]
+
+
+class BoxCoder:
+    """Encode boxes as offsets from anchors, and decode them back (R-CNN parametrisation).
+
+    ``t_x = w_x (x - x_a) / w_a``, ``t_y = w_y (y - y_a) / h_a``, ``t_w = w_w log(w / w_a)``,
+    ``t_h = w_h log(h / h_a)`` with (x, y) box centres. RetinaNet uses unit weights (paper
+    §4, following Faster R-CNN); ``clamp`` caps t_w, t_h before ``exp`` when decoding so a
+    wild prediction cannot overflow. Numerically identical to torchvision's
+    ``BoxCoder.encode_single`` / ``decode_single`` (same operations in the same order).
+    """
+
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: float = math.log(1000.0 / 16)):
+        if len(weights) != 4 or not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(f"weights must be 4 positive numbers, got {tuple(weights)}")
+        self.weights = tuple(float(w) for w in weights)
+        self.clamp = float(clamp)
+
+    def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """boxes, anchors: (..., 4) broadcastable -> deltas (..., 4) in the boxes' dtype.
+
+        Anchors must have positive width and height. A zero-width or zero-height *box*
+        gives t_w or t_h = -inf: filter degenerate boxes before encoding (the matcher does).
+        """
+        anchors = anchors.to(boxes.dtype)
+        wx, wy, ww, wh = self.weights
+        a_w = anchors[..., 2] - anchors[..., 0]
+        a_h = anchors[..., 3] - anchors[..., 1]
+        a_x = anchors[..., 0] + 0.5 * a_w
+        a_y = anchors[..., 1] + 0.5 * a_h
+        b_w = boxes[..., 2] - boxes[..., 0]
+        b_h = boxes[..., 3] - boxes[..., 1]
+        b_x = boxes[..., 0] + 0.5 * b_w
+        b_y = boxes[..., 1] + 0.5 * b_h
+        return torch.stack(
+            (
+                wx * (b_x - a_x) / a_w,
+                wy * (b_y - a_y) / a_h,
+                ww * torch.log(b_w / a_w),
+                wh * torch.log(b_h / a_h),
+            ),
+            dim=-1,
+        )
+
+    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """deltas, anchors: (..., 4) broadcastable -> boxes (..., 4).
+
+        Computed in fp32 for half-precision deltas (``exp`` of a clamped 4.1 is 60: fine in
+        fp16, but the products with pixel sizes lose too many digits), in fp64 for fp64.
+        """
+        dtype = torch.float32 if deltas.dtype in (torch.float16, torch.bfloat16) else deltas.dtype
+        deltas = deltas.to(dtype)
+        anchors = anchors.to(dtype)
+        wx, wy, ww, wh = self.weights
+        a_w = anchors[..., 2] - anchors[..., 0]
+        a_h = anchors[..., 3] - anchors[..., 1]
+        a_x = anchors[..., 0] + 0.5 * a_w
+        a_y = anchors[..., 1] + 0.5 * a_h
+        dx = deltas[..., 0] / wx
+        dy = deltas[..., 1] / wy
+        dw = torch.clamp(deltas[..., 2] / ww, max=self.clamp)
+        dh = torch.clamp(deltas[..., 3] / wh, max=self.clamp)
+        x = dx * a_w + a_x
+        y = dy * a_h + a_y
+        half_w = 0.5 * (torch.exp(dw) * a_w)
+        half_h = 0.5 * (torch.exp(dh) * a_h)
+        return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=-1)
+
+
+def box_iou_batched(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """IoU of every ground-truth box of every image with every anchor.
+
+    boxes: (B, G, 4) (padded rows allowed: give them any coordinates and mask the result);
+    anchors: (A, 4), shared by the batch. Returns (B, G, A), equal per image to
+    ``torchvision.ops.box_iou(boxes[b], anchors)``. A zero-area box has IoU 0 everywhere.
+    """
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or anchors.dim() != 2 or anchors.shape[-1] != 4:
+        raise ValueError(
+            f"box_iou_batched needs boxes (B, G, 4) and anchors (A, 4), got {tuple(boxes.shape)} and {tuple(anchors.shape)}"
+        )
+    anchors = anchors.to(boxes.dtype)
+    b = boxes.unsqueeze(2)  # (B, G, 1, 4)
+    a = anchors  # (A, 4) broadcasts as (1, 1, A, 4)
+    # Width and height of the intersection, one coordinate at a time: no (B, G, A, 2) temporaries.
+    inter_w = (torch.minimum(b[..., 2], a[:, 2]) - torch.maximum(b[..., 0], a[:, 0])).clamp_(min=0)
+    inter_h = (torch.minimum(b[..., 3], a[:, 3]) - torch.maximum(b[..., 1], a[:, 1])).clamp_(min=0)
+    inter = inter_w.mul_(inter_h)
+    area_b = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (B, G)
+    area_a = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])  # (A,)
+    union = area_b.unsqueeze(2) + area_a - inter
+    return inter.div_(union)
+
+
+def check_boxes(boxes: Tensor, name: str = "boxes", valid: Optional[Tensor] = None) -> None:
+    """Raise ValueError unless boxes (..., 4) are finite with x2 >= x1 and y2 >= y1.
+
+    ``valid`` (boxes.shape[:-1], bool) limits the check to real boxes of a padded batch.
+    Zero-area boxes and boxes reaching outside the image are legal.
+    """
+    if not isinstance(boxes, Tensor) or boxes.dim() < 1 or boxes.shape[-1] != 4:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{name} must be a tensor of shape (..., 4) holding x1, y1, x2, y2; got {shape}")
+    if not boxes.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
+    if valid is not None and valid.shape != boxes.shape[:-1]:
+        raise ValueError(f"the mask of {name} must have shape {tuple(boxes.shape[:-1])}, got {tuple(valid.shape)}")
+    bad = ~torch.isfinite(boxes).all(-1)
+    bad |= (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    if valid is not None:
+        bad &= valid
+    if bool(bad.any()):
+        index = tuple(torch.nonzero(bad)[0].tolist())
+        coords = [round(v, 2) for v in boxes[index].tolist()]
+        where = f"{name}[{', '.join(map(str, index))}]" if index else name
+        reason = "is not finite" if not torch.isfinite(boxes[index]).all() else "has x2 < x1 or y2 < y1"
+        raise ValueError(f"{where} = {coords} {reason} (boxes are x1, y1, x2, y2); {int(bad.sum())} bad box(es) in all")
+
+
+def random_boxes(
+    num: int,
+    image_size: tuple[int, int],
+    min_size: float = 8.0,
+    max_size: float = 512.0,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """``num`` boxes (num, 4) inside an (H, W) image, sides log-uniform in [min_size, max_size].
+
+    Aspect ratios are log-uniform in [1/3, 3]; sides are clipped to the image. A simple box
+    source for tests and counts, standing in for a dataset.
+    """
+    height, width = image_size
+    if num < 0 or not 0 < min_size <= max_size:
+        raise ValueError(f"need num >= 0 and 0 < min_size <= max_size, got {num}, {min_size}, {max_size}")
+    u = torch.rand(num, 4, generator=generator, dtype=torch.float64)
+    scale = torch.exp(math.log(min_size) + u[:, 0] * (math.log(max_size) - math.log(min_size)))
+    ratio = torch.exp((u[:, 1] * 2 - 1) * math.log(3.0))
+    w = (scale / ratio.sqrt()).clamp(max=width)
+    h = (scale * ratio.sqrt()).clamp(max=height)
+    x1 = u[:, 2] * (width - w)
+    y1 = u[:, 3] * (height - h)
+    return torch.stack((x1, y1, x1 + w, y1 + h), dim=1).float()

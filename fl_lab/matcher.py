@@ -1,0 +1,181 @@
+"""Matching anchors to objects, and the training targets that follow (paper §4, "Anchors").
+
+An anchor whose best IoU with a ground-truth box is ≥ 0.5 is foreground for that box's
+class; below 0.4 it is background; in between it is ignored. Like torchvision and
+detectron2, fl_lab by default also keeps each box's best anchor(s) as foreground even
+below 0.5 ("low-quality matches"), so that no object goes without a positive anchor;
+``allow_low_quality=False`` gives the paper's strict rule.
+
+Everything works on padded batches — ground truth (B, G_max, 4) plus a validity mask
+(B, G_max) — with no Python loop over images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .boxes import BoxCoder, box_iou_batched, check_boxes
+from .loss import BACKGROUND, IGNORE
+
+__all__ = ["AssignedTargets", "Matcher", "assign_targets", "pad_targets"]
+
+
+class Matcher:
+    """The three-way IoU rule. ``matcher(iou)`` -> matched ground-truth index per anchor.
+
+    Returns int64 with the matched box index, :data:`~fl_lab.loss.BACKGROUND` (-1) for
+    IoU < bg_iou, :data:`~fl_lab.loss.IGNORE` (-2) for bg_iou ≤ IoU < fg_iou. Identical to
+    ``torchvision.models.detection._utils.Matcher(fg_iou, bg_iou, allow_low_quality)`` on
+    every input (ties go to the first box, as ``max`` picks it), except that an image
+    with no boxes gives all background instead of an error.
+    """
+
+    def __init__(self, fg_iou: float = 0.5, bg_iou: float = 0.4, allow_low_quality: bool = True):
+        if not 0.0 <= bg_iou <= fg_iou <= 1.0:
+            raise ValueError(f"need 0 <= bg_iou <= fg_iou <= 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
+        self.fg_iou = float(fg_iou)
+        self.bg_iou = float(bg_iou)
+        self.allow_low_quality = allow_low_quality
+
+    def __call__(self, iou: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """iou: (G, A) or padded (B, G, A); valid: (B, G) bool mask of real boxes.
+
+        Returns (A,) or (B, A) int64.
+        """
+        if not isinstance(iou, Tensor) or iou.dim() not in (2, 3) or not iou.is_floating_point():
+            raise ValueError(f"iou must be a float tensor (G, A) or (B, G, A), got {getattr(iou, 'shape', iou)}")
+        single = iou.dim() == 2
+        if single:
+            iou = iou.unsqueeze(0)
+        batch, num_gt, num_anchors = iou.shape
+        if valid is None:
+            valid = torch.ones(batch, num_gt, dtype=torch.bool, device=iou.device)
+        elif single:
+            valid = valid.unsqueeze(0)
+        if valid.shape != (batch, num_gt):
+            raise ValueError(f"valid must have shape {(batch, num_gt)}, got {tuple(valid.shape)}")
+        if iou.numel() and bool(torch.isnan(iou).any()):
+            raise ValueError("iou contains NaN: check the boxes for NaN coordinates")
+
+        if num_gt == 0:
+            matches = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.long, device=iou.device)
+            return matches[0] if single else matches
+        # Padded boxes get IoU -1: below every real IoU, so they never win the max below.
+        iou = iou.masked_fill(~valid.unsqueeze(2), -1.0)
+        best_iou, matches = iou.max(dim=1)  # (B, A): best box for each anchor (first on ties)
+        all_matches = matches
+        matches = torch.where(best_iou < self.bg_iou, BACKGROUND, matches)
+        matches = torch.where((best_iou >= self.bg_iou) & (best_iou < self.fg_iou), IGNORE, matches)
+        if self.allow_low_quality:
+            # Each box's best anchors (all ties) become foreground for the box they match best.
+            best_per_gt = iou.amax(dim=2, keepdim=True)  # (B, G, 1)
+            is_best = (iou == best_per_gt) & valid.unsqueeze(2)
+            matches = torch.where(is_best.any(dim=1), all_matches, matches)
+        return matches[0] if single else matches
+
+
+@dataclass
+class AssignedTargets:
+    """Training targets for a batch, in the anchor order of the generator.
+
+    labels: (B, A) int64 — class index (foreground), -1 background, -2 ignored: the index
+        form of :func:`fl_lab.loss.focal_loss`.
+    matches: (B, A) int64 — index of the matched box (padded batch), or -1 / -2.
+    box_targets: (B, A, 4) — encoded regression targets of foreground anchors, 0 elsewhere.
+    """
+
+    labels: Tensor
+    matches: Tensor
+    box_targets: Tensor
+
+    @property
+    def foreground(self) -> Tensor:
+        """(B, A) bool: anchors assigned to an object."""
+        return self.labels >= 0
+
+    @property
+    def num_foreground(self) -> int:
+        """The paper's loss normaliser: anchors assigned to a ground-truth box (§3.3)."""
+        return int(self.foreground.sum())
+
+
+def pad_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image boxes (G_i, 4) and labels (G_i,) into a padded batch.
+
+    Returns boxes (B, G_max, 4), labels (B, G_max) int64 (-1 in padding) and valid
+    (B, G_max) bool.
+    """
+    if len(boxes) != len(labels) or not boxes:
+        raise ValueError(f"need one label tensor per box tensor (at least one image), got {len(boxes)} and {len(labels)}")
+    for i, (b, l) in enumerate(zip(boxes, labels)):
+        if b.dim() != 2 or b.shape[1] != 4 or l.shape != b.shape[:1]:
+            raise ValueError(f"image {i}: boxes must be (G, 4) and labels (G,), got {tuple(b.shape)} and {tuple(l.shape)}")
+        check_boxes(b, name=f"boxes[{i}]")
+    num = max(b.shape[0] for b in boxes)
+    out_boxes = boxes[0].new_zeros(len(boxes), num, 4)
+    out_labels = torch.full((len(boxes), num), -1, dtype=torch.long, device=boxes[0].device)
+    valid = torch.zeros(len(boxes), num, dtype=torch.bool, device=boxes[0].device)
+    for i, (b, l) in enumerate(zip(boxes, labels)):  # one copy per image, not per anchor
+        out_boxes[i, : len(b)] = b
+        out_labels[i, : len(b)] = l
+        valid[i, : len(b)] = True
+    return out_boxes, out_labels, valid
+
+
+def assign_targets(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Optional[Tensor] = None,
+    matcher: Optional[Matcher] = None,
+    box_coder: Optional[BoxCoder] = None,
+    num_classes: Optional[int] = None,
+) -> AssignedTargets:
+    """Classification and box targets for every anchor of a padded batch.
+
+    Args:
+        anchors: (A, 4) from :class:`fl_lab.anchors.AnchorGenerator`.
+        gt_boxes: (B, G, 4) x1 y1 x2 y2; gt_labels: (B, G) class indices ≥ 0;
+        gt_valid: (B, G) bool, False for padding (default: all real). See :func:`pad_targets`.
+        matcher, box_coder: default ``Matcher()`` (0.5 / 0.4, low-quality matches on) and
+            ``BoxCoder()``.
+        num_classes: if given, labels must be < num_classes.
+
+    A box that overlaps no anchor at all — zero width or height, or lying wholly outside
+    the anchors' reach — cannot be matched and is left out (it would otherwise make every
+    anchor a "low-quality" match). Boxes reaching partly outside the image are fine.
+    """
+    matcher = matcher or Matcher()
+    box_coder = box_coder or BoxCoder()
+    if anchors.dim() != 2 or anchors.shape[1] != 4:
+        raise ValueError(f"anchors must be (A, 4), got {tuple(anchors.shape)}")
+    if gt_boxes.dim() != 3 or gt_labels.shape != gt_boxes.shape[:2]:
+        raise ValueError(
+            f"need gt_boxes (B, G, 4) and gt_labels (B, G), got {tuple(gt_boxes.shape)} and {tuple(gt_labels.shape)}"
+        )
+    if gt_valid is None:
+        gt_valid = torch.ones(gt_labels.shape, dtype=torch.bool, device=gt_labels.device)
+    check_boxes(gt_boxes, "gt_boxes", gt_valid)
+    if gt_labels.is_floating_point() or gt_labels.dtype == torch.bool:
+        raise ValueError(f"gt_labels must be an integer tensor, got {gt_labels.dtype}")
+    real = gt_labels[gt_valid]
+    if real.numel() and (int(real.min()) < 0 or (num_classes is not None and int(real.max()) >= num_classes)):
+        bad = int(real.min()) if int(real.min()) < 0 else int(real.max())
+        limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        raise ValueError(f"gt_labels holds class {bad}; classes must be {limit}")
+
+    iou = box_iou_batched(gt_boxes, anchors)  # (B, G, A)
+    usable = gt_valid & (iou.amax(dim=2) > 0) if iou.shape[2] else gt_valid
+    matches = matcher(iou, usable)  # (B, A)
+
+    foreground = matches >= 0
+    safe = matches.clamp(min=0)
+    labels = torch.where(foreground, torch.gather(gt_labels.long(), 1, safe), matches)
+    box_targets = torch.zeros(*matches.shape, 4, dtype=gt_boxes.dtype, device=gt_boxes.device)
+    img, anc = torch.nonzero(foreground, as_tuple=True)
+    box_targets[img, anc] = box_coder.encode(gt_boxes[img, matches[img, anc]], anchors[anc])
+    return AssignedTargets(labels=labels, matches=matches, box_targets=box_targets)

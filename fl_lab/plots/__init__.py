@@ -1,0 +1,28 @@
+"""Figures of the lessons: plain arguments in, a ``matplotlib.figure.Figure`` out.
+
+Figures are built with the object-oriented API (no pyplot state), so tests can call these
+functions without a display and a notebook shows each figure exactly once. Every figure
+has a title, axis labels and a legend.
+"""
+
+from .anchors import (
+    anchor_grid_figure,
+    assignment_counts_figure,
+    assignment_figure,
+    cell_anchors_figure,
+    ground_truth_figure,
+    pyramid_figure,
+)
+from .loss import figure1, imbalance_figure, loss_explorer_figure
+
+__all__ = [
+    "anchor_grid_figure",
+    "assignment_counts_figure",
+    "assignment_figure",
+    "cell_anchors_figure",
+    "figure1",
+    "ground_truth_figure",
+    "imbalance_figure",
+    "loss_explorer_figure",
+    "pyramid_figure",
+]
