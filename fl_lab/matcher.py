@@ -173,8 +173,10 @@ def assign_targets(
     matches = matcher(iou, usable)  # (B, A)
 
     foreground = matches >= 0
-    safe = matches.clamp(min=0)
-    labels = torch.where(foreground, torch.gather(gt_labels.long(), 1, safe), matches)
+    if gt_labels.shape[1]:
+        labels = torch.where(foreground, torch.gather(gt_labels.long(), 1, matches.clamp(min=0)), matches)
+    else:  # no image of the batch has a box: nothing to gather from, every anchor is background
+        labels = matches
     box_targets = torch.zeros(*matches.shape, 4, dtype=gt_boxes.dtype, device=gt_boxes.device)
     img, anc = torch.nonzero(foreground, as_tuple=True)
     box_targets[img, anc] = box_coder.encode(gt_boxes[img, matches[img, anc]], anchors[anc])

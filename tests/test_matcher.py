@@ -68,6 +68,11 @@ def test_no_boxes_gives_background():
     assert (Matcher()(torch.zeros(0, 7)) == -1).all()
     batched = Matcher()(torch.zeros(2, 0, 7))
     assert batched.shape == (2, 7) and (batched == -1).all()
+    # assign_targets on a batch in which no image has a box: all background, no box targets.
+    anchors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
+    out = assign_targets(anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long))
+    assert out.labels.tolist() == [[-1, -1], [-1, -1]] and out.num_foreground == 0
+    assert torch.equal(out.box_targets, torch.zeros(2, 2, 4))
 
 
 @pytest.mark.parametrize("low_quality", [True, False])

@@ -113,3 +113,33 @@ def test_ground_truth_figure():
     assert_labelled(fig, 1)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == ["dog (100×120)", "cat (40×30)"]
+
+
+def test_dataset_figure_draws_each_box_in_its_class_colour():
+    images = [torch.rand(3, 40, 60), torch.rand(3, 40, 60), torch.rand(3, 40, 60)]
+    targets = [
+        {"boxes": torch.tensor([[1.0, 2, 10, 20], [5, 5, 30, 30]]), "labels": torch.tensor([0, 1])},
+        {"boxes": torch.tensor([[0.0, 0, 59, 39]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    fig = plots.dataset_figure(images, targets, ["circle", "square"], columns=2)
+    assert len(fig.axes) == 4 and not fig.axes[3].axison  # the spare panel is blank
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["2 objects", "1 object", "0 objects"]
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes[:3])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["circle", "square"]
+    outlines = [seg for coll in fig.axes[0].collections for seg in coll.get_segments()]
+    assert sorted(tuple(np.asarray(s).min(0)) + tuple(np.asarray(s).max(0)) for s in outlines) == [(1, 2, 10, 20), (5, 5, 30, 30)]
+    assert fig._suptitle.get_text()
+    fig.canvas.draw()
+
+
+def test_training_curves_figure_marks_a_diverged_run():
+    histories = {"ok": [{"step": i, "total": 5.0 - i / 10} for i in range(10)],
+                 "bad": [{"step": i, "total": 5.0 * 10**i} for i in range(4)]}
+    fig = plots.training_curves_figure(histories, total_steps=10, title="t")
+    assert_labelled(fig, 1)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["ok", "bad — diverged at step 4"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [r["total"] for r in histories["ok"]])

@@ -14,15 +14,18 @@ from .anchors import (
     pyramid_figure,
 )
 from .loss import figure1, imbalance_figure, loss_explorer_figure
+from .model import dataset_figure, training_curves_figure
 
 __all__ = [
     "anchor_grid_figure",
     "assignment_counts_figure",
     "assignment_figure",
     "cell_anchors_figure",
+    "dataset_figure",
     "figure1",
     "ground_truth_figure",
     "imbalance_figure",
     "loss_explorer_figure",
     "pyramid_figure",
+    "training_curves_figure",
 ]

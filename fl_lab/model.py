@@ -1,0 +1,454 @@
+"""RetinaNet (paper §4): a ResNet + FPN backbone and two small subnets on every level P3–P7.
+
+The parts, in the order data flows through them:
+
+* **backbone** — a torchvision ResNet gives C3, C4, C5 (strides 8, 16, 32); torchvision's
+  ``FeaturePyramidNetwork`` turns them into P3–P5 with C channels; P6 is a 3×3 stride-2
+  conv on C5 (the paper) or on P5 (torchvision v1), P7 a ReLU and a 3×3 stride-2 conv on P6.
+* **class subnet** — 4 × (3×3 conv, C filters, ReLU) then a 3×3 conv with A·K outputs,
+  one sigmoid per anchor and class; **box subnet** — the same tower (own weights) ending in
+  A·4 outputs, class-agnostic. Each subnet is shared across levels (§4, Figure 3).
+* **anchors** — :class:`fl_lab.anchors.AnchorGenerator`, in the same order as the outputs
+  (level → row → column → anchor), so index i of the logits, the deltas and the anchors is
+  one anchor.
+
+Inputs are normalised images (see :mod:`fl_lab.data.transforms`); outputs cover every anchor.
+:meth:`RetinaNet.loss` trains, :meth:`RetinaNet.detect` turns outputs into boxes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import batched_nms
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
+
+from .anchors import AnchorGenerator
+from .boxes import BoxCoder
+from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
+from .matcher import Matcher, assign_targets, pad_targets
+
+__all__ = ["LOSS_FUNCTIONS", "RetinaNet", "RetinaNetOutput"]
+
+# Output channels of C3, C4, C5 for each ResNet depth.
+_BACKBONES = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+    "resnet101": (512, 1024, 2048),
+}
+
+#: Classification losses :meth:`RetinaNet.loss` knows by name, each with the paper's best
+#: setting (Table 1a/1b, Table 3). Pass a callable for any other setting.
+LOSS_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "ce": partial(balanced_cross_entropy, alpha=None),  # plain cross-entropy, no α
+    "focal": focal_loss,  # γ = 2, α = 0.25
+    "balanced_ce": balanced_cross_entropy,  # α = 0.75
+    "focal_star": focal_loss_star,  # γ = 2, β = 1
+}
+
+_NORMALIZE = ("batch", "per_image", "ema")
+
+
+class RetinaNetOutput(NamedTuple):
+    """What :meth:`RetinaNet.forward` returns for a batch of B images.
+
+    cls_logits: (B, A_total, K) class logits (before the sigmoid).
+    box_deltas: (B, A_total, 4) box regression, encoded as in :class:`fl_lab.boxes.BoxCoder`.
+    anchors: (A_total, 4) x1 y1 x2 y2, shared by the batch.
+    anchors_per_level: anchors on P3, P4, … (they sum to A_total).
+    """
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+    anchors: Tensor
+    anchors_per_level: list[int]
+
+
+class P6P7(ExtraFPNBlock):
+    """P6 = 3×3 stride-2 conv on C5 (paper) or P5 (torchvision v1); P7 = ReLU, then 3×3 stride-2 conv on P6."""
+
+    def __init__(self, in_channels: int, channels: int, from_p5: bool):
+        super().__init__()
+        self.p6 = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        for conv in (self.p6, self.p7):  # the same init as torchvision's FPN convs
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+        self.from_p5 = from_p5
+
+    def forward(self, p: list[Tensor], c: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        p6 = self.p6(p[-1] if self.from_p5 else c[-1])
+        p7 = self.p7(F.relu(p6))
+        return p + [p6, p7], names + ["p6", "p7"]
+
+
+class Subnet(nn.Module):
+    """A RetinaNet head (§4): ``depth`` × (3×3 conv, ReLU), then a 3×3 conv to A × ``outputs_per_anchor``.
+
+    forward(feature (B, C, H, W)) -> (B, H·W·A, outputs_per_anchor), rows in
+    row → column → anchor order.
+    """
+
+    def __init__(self, channels: int, num_anchors: int, outputs_per_anchor: int, depth: int, norm: Optional[str]):
+        super().__init__()
+        norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else None
+        self.conv = nn.Sequential(
+            *(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(depth))
+        )
+        self.out = nn.Conv2d(channels, num_anchors * outputs_per_anchor, 3, padding=1)
+        self.outputs_per_anchor = outputs_per_anchor
+        # §4.1 Initialization: Gaussian weights σ = 0.01, zero bias (the class prior is set by the model).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, feature: Tensor) -> Tensor:
+        x = self.out(self.conv(feature))
+        b, _, h, w = x.shape
+        # (B, A·n, H, W) -> (B, H, W, A, n) -> (B, H·W·A, n): channel a·n + j is anchor a, output j.
+        return x.view(b, -1, self.outputs_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, self.outputs_per_anchor)
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet with K sigmoid classifiers per anchor.
+
+    Args:
+        num_classes: K, the number of object classes, *not counting background*. A sigmoid
+            head has no background column: an anchor is background when all K scores are low.
+            (Softmax detectors such as Faster R-CNN count background as a class; here
+            COCO is K = 80, not 81.)
+        backbone: "resnet18", "resnet34", "resnet50" or "resnet101".
+        fpn_channels: C, the channels of every pyramid level and head (256 in the paper).
+        head_convs: 3×3 convs in each subnet before its output conv (4 in the paper).
+        prior: π, the probability every anchor's class scores start at (§3.3): the class
+            output's bias is -log((1 - π) / π). None leaves the bias at 0 (p = 0.5), the
+            setting with which the paper's CE training diverges.
+        p6_from: "c5" (the paper) or "p5" (torchvision v1).
+        head_norm: None, or "gn" for GroupNorm(32) in the subnets (torchvision v2, detectron2 option).
+        backbone_weights: ImageNet weights for the ResNet: a path to a state dict file, or a
+            ``torchvision.models.ResNet*_Weights`` value whose file is already in the torch
+            hub cache (nothing is downloaded). None trains from scratch. With weights, BatchNorm
+            is frozen and the stem and first stage stay fixed (as in the paper's detectron);
+            from scratch, BatchNorm trains.
+        anchor_generator: defaults to the paper's anchors, :class:`AnchorGenerator()`.
+        matcher, box_coder: what :meth:`loss` and :meth:`detect` use; default ``Matcher()``
+            (0.5 / 0.4) and ``BoxCoder()``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        fpn_channels: int = 256,
+        head_convs: int = 4,
+        prior: Optional[float] = 0.01,
+        p6_from: str = "c5",
+        head_norm: Optional[str] = None,
+        backbone_weights: Union[None, str, os.PathLike, torchvision.models.WeightsEnum] = None,
+        anchor_generator: Optional[AnchorGenerator] = None,
+        matcher: Optional[Matcher] = None,
+        box_coder: Optional[BoxCoder] = None,
+        frozen_bn: Optional[bool] = None,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int (object classes, no background), got {num_classes!r}")
+        if backbone not in _BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}")
+        if prior is not None and not 0.0 < prior < 1.0:
+            raise ValueError(f"prior must be in (0, 1) or None, got {prior}")
+        if p6_from not in ("c5", "p5"):
+            raise ValueError(f"p6_from must be 'c5' or 'p5', got {p6_from!r}")
+        if head_norm not in (None, "gn"):
+            raise ValueError(f"head_norm must be None or 'gn', got {head_norm!r}")
+        if fpn_channels < 1 or head_convs < 0 or (head_norm == "gn" and fpn_channels % 32):
+            raise ValueError(f"need fpn_channels >= 1 (a multiple of 32 with GroupNorm) and head_convs >= 0, "
+                             f"got {fpn_channels} and {head_convs}")
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        if self.anchor_generator.strides != (8, 16, 32, 64, 128):
+            raise ValueError(f"RetinaNet's levels P3–P7 have strides 8…128; the anchor generator has {self.anchor_generator.strides}")
+        self.matcher = matcher or Matcher()
+        self.box_coder = box_coder or BoxCoder()
+        num_anchors = self.anchor_generator.num_anchors_per_location
+
+        frozen = backbone_weights is not None if frozen_bn is None else frozen_bn
+        resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
+        if backbone_weights is not None:
+            _load_backbone_weights(resnet, backbone_weights)
+            for module in (resnet.conv1, resnet.layer1):  # stem and res2 stay fixed (detectron's FREEZE_AT = 2)
+                module.requires_grad_(False)
+        c3, c4, c5 = _BACKBONES[backbone]
+        self.backbone = BackboneWithFPN(
+            resnet,
+            return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"},
+            in_channels_list=[c3, c4, c5],
+            out_channels=fpn_channels,
+            extra_blocks=P6P7(fpn_channels if p6_from == "p5" else c5, fpn_channels, from_p5=p6_from == "p5"),
+        )
+        self.class_subnet = Subnet(fpn_channels, num_anchors, num_classes, head_convs, head_norm)
+        self.box_subnet = Subnet(fpn_channels, num_anchors, 4, head_convs, head_norm)
+        if prior is not None:
+            # §3.3: start every anchor at p = π so the ~100k easy negatives do not swamp the
+            # first iterations' loss.
+            nn.init.constant_(self.class_subnet.out.bias, -math.log((1 - prior) / prior))
+        # detectron2's running foreground count for normalize="ema" (starts at 100, as there).
+        self.register_buffer("foreground_ema", torch.tensor(100.0))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor) -> RetinaNetOutput:
+        """images: (B, 3, H, W) normalised -> :class:`RetinaNetOutput` for every anchor.
+
+        H and W need not be multiples of 128 (the grids follow
+        :meth:`AnchorGenerator.feature_sizes`), but batches padded to 128 keep every
+        level's stride exact; :func:`fl_lab.data.transforms.collate` does that.
+        """
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor (B, 3, H, W), got {getattr(images, 'shape', type(images))}")
+        features = list(self.backbone(images).values())  # P3 … P7
+        image_size = tuple(images.shape[-2:])
+        grids = [tuple(f.shape[-2:]) for f in features]
+        if grids != self.anchor_generator.feature_sizes(image_size):  # cannot happen with a ResNet; guards edits
+            raise RuntimeError(f"feature grids {grids} differ from the anchor grids {self.anchor_generator.feature_sizes(image_size)}")
+        cls_logits = torch.cat([self.class_subnet(f) for f in features], dim=1)
+        box_deltas = torch.cat([self.box_subnet(f) for f in features], dim=1)
+        anchors = self.anchor_generator.gen(image_size, device=images.device)
+        return RetinaNetOutput(cls_logits, box_deltas, anchors, self.anchor_generator.num_anchors_per_level(image_size))
+
+    # ------------------------------------------------------------------ inspection
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of each part: the ResNet, the FPN (with P6, P7) and the two subnets."""
+        parts = {"ResNet backbone": self.backbone.body, "FPN (P3–P7)": self.backbone.fpn,
+                 "class subnet": self.class_subnet, "box subnet": self.box_subnet}
+        return {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+
+    @torch.no_grad()
+    def describe(self, image_size: tuple[int, int]) -> str:
+        """A level-by-level table of tensor shapes for one (H, W) image, from a real forward pass."""
+        was_training = self.training
+        self.eval()
+        body = self.backbone.body(torch.zeros(1, 3, *image_size, device=self.class_subnet.out.weight.device))
+        pyramid = list(self.backbone.fpn(body).values())
+        self.train(was_training)
+        c_shapes = [tuple(c.shape[1:]) for c in body.values()] + ["", ""]  # P6, P7 have no C level
+        k, a = self.num_classes, self.anchor_generator.num_anchors_per_location
+        rows = [f"input {tuple(image_size)} → levels (C: ResNet stage, P: pyramid; shapes are channels × H × W)",
+                f"{'level':<6}{'stride':>7}  {'C (ResNet)':<16}{'P (FPN)':<16}{'class out':<16}{'box out':<16}{'anchors':>8}"]
+        for i, (p, c) in enumerate(zip(pyramid, c_shapes)):
+            _, ch, h, w = p.shape
+            rows.append(f"P{i + 3:<5}{2 ** (i + 3):>7}  {' × '.join(map(str, c)) if c else '—':<16}{f'{ch} × {h} × {w}':<16}"
+                        f"{f'{a * k} × {h} × {w}':<16}{f'{a * 4} × {h} × {w}':<16}{h * w * a:>8,}")
+        return "\n".join(rows)
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self,
+        output: RetinaNetOutput,
+        targets: Sequence[dict],
+        loss_fn: Union[str, Callable[..., Tensor]] = "focal",
+        box_loss: str = "l1",
+        beta: float = 0.1,
+        normalize: str = "batch",
+    ) -> dict[str, Tensor]:
+        """The training loss of a batch: classification over all anchors + box regression on foreground.
+
+        Args:
+            output: :meth:`forward`'s result for B images.
+            targets: B dicts with ``boxes`` (G_i, 4) x1 y1 x2 y2 and ``labels`` (G_i,) in 0..K-1;
+                G_i = 0 (no objects) is fine: every anchor is then background.
+            loss_fn: "focal" (γ 2, α 0.25), "ce", "balanced_ce" (α 0.75), "focal_star" (γ 2, β 1), or a
+                callable ``f(logits (N, K), labels (N,), reduction="sum"|"none")`` in the form of
+                :func:`fl_lab.loss.focal_loss` (e.g. ``partial(focal_loss, gamma=1, alpha=0.5)``).
+            box_loss: "l1" (torchvision, detectron2) or "smooth_l1" (the paper) with ``beta``.
+            normalize: "batch" — divide both sums by the batch's foreground-anchor count (§3.3);
+                "per_image" — per image by its own count, then average (torchvision);
+                "ema" — by a running average of the count (detectron2, momentum 0.9).
+
+        Returns:
+            dict with ``cls``, ``box``, ``total`` (scalars) and ``num_foreground``.
+        """
+        if normalize not in _NORMALIZE:
+            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+        if box_loss not in ("l1", "smooth_l1"):
+            raise ValueError(f"box_loss must be 'l1' or 'smooth_l1', got {box_loss!r}")
+        if isinstance(loss_fn, str):
+            if loss_fn not in LOSS_FUNCTIONS:
+                raise ValueError(f"loss_fn must be one of {sorted(LOSS_FUNCTIONS)} or a callable, got {loss_fn!r}")
+            loss_fn = LOSS_FUNCTIONS[loss_fn]
+        cls_logits, box_deltas, anchors = output.cls_logits, output.box_deltas, output.anchors
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
+        try:
+            boxes, labels, valid = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
+        except (KeyError, TypeError):
+            raise ValueError("each target must be a dict with 'boxes' (G, 4) and 'labels' (G,)") from None
+        with torch.no_grad():
+            assigned = assign_targets(anchors, boxes.to(anchors.device), labels.to(anchors.device), valid.to(anchors.device),
+                                      self.matcher, self.box_coder, num_classes=self.num_classes)
+        foreground = assigned.foreground  # (B, A)
+
+        deltas, box_targets = box_deltas[foreground].float(), assigned.box_targets[foreground].float()
+        if box_loss == "l1":
+            box_per_anchor = F.l1_loss(deltas, box_targets, reduction="none").sum(-1)
+        else:
+            box_per_anchor = F.smooth_l1_loss(deltas, box_targets, reduction="none", beta=beta).sum(-1)
+
+        fg_per_image = foreground.sum(1)  # (B,)
+        if normalize == "per_image":
+            cls_per_image = loss_fn(cls_logits, assigned.labels, reduction="none").sum((1, 2))
+            box_per_image = torch.zeros_like(cls_per_image).index_add(0, torch.nonzero(foreground)[:, 0], box_per_anchor)
+            per_image = fg_per_image.clamp(min=1).to(cls_per_image.dtype)
+            cls, box = (cls_per_image / per_image).mean(), (box_per_image / per_image).mean()
+        else:
+            normaliser = fg_per_image.sum().float().clamp(min=1)
+            if normalize == "ema":
+                normaliser = 0.9 * self.foreground_ema + 0.1 * normaliser
+                if self.training:
+                    self.foreground_ema.copy_(normaliser.detach())
+            cls = loss_fn(cls_logits, assigned.labels, reduction="sum") / normaliser
+            box = box_per_anchor.sum() / normaliser
+        return {"cls": cls, "box": box, "total": cls + box, "num_foreground": fg_per_image.sum()}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def detect(
+        self,
+        output: RetinaNetOutput,
+        image_sizes: Sequence[tuple[int, int]],
+        score_thresh: float = 0.05,
+        topk: int = 1000,
+        nms_thresh: float = 0.5,
+        max_detections: int = 100,
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image (§4 Inference), in the input image's pixels.
+
+        On each level keep the ``topk`` highest scores over anchors × classes that exceed
+        ``score_thresh``, decode those boxes and clip them to the image's (H, W) in
+        ``image_sizes`` (the unpadded sizes); merge the levels and run class-aware NMS;
+        keep the best ``max_detections``.
+
+        Returns B dicts with ``boxes`` (D, 4) x1 y1 x2 y2, ``scores`` (D,) and ``labels``
+        (D,) int64 in 0..K-1, sorted by decreasing score.
+        """
+        cls_logits, box_deltas, anchors = output.cls_logits, output.box_deltas, output.anchors
+        batch, _, num_classes = cls_logits.shape
+        if len(image_sizes) != batch:
+            raise ValueError(f"got {len(image_sizes)} image sizes for a batch of {batch} images")
+        scores, anchor_idx, labels = [], [], []
+        start = 0
+        for n in output.anchors_per_level:  # 5 levels, each for the whole batch at once
+            level = cls_logits[:, start : start + n].sigmoid().flatten(1)  # (B, n·K), anchor-major
+            top_scores, top_idx = level.topk(min(topk, level.shape[1]), dim=1)
+            scores.append(top_scores)
+            anchor_idx.append(start + torch.div(top_idx, num_classes, rounding_mode="floor"))
+            labels.append(top_idx % num_classes)
+            start += n
+        scores, anchor_idx, labels = torch.cat(scores, 1), torch.cat(anchor_idx, 1), torch.cat(labels, 1)
+        deltas = torch.gather(box_deltas, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+        boxes = self.box_coder.decode(deltas, anchors[anchor_idx])  # (B, candidates, 4)
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limits.unsqueeze(1))
+
+        detections = []
+        for b in range(batch):  # NMS per image, as torchvision does (its coordinate trick is per image)
+            keep = scores[b] > score_thresh
+            s, l, bx = scores[b][keep], labels[b][keep], boxes[b][keep]
+            kept = batched_nms(bx, s, l, nms_thresh)[:max_detections]
+            detections.append({"boxes": bx[kept], "scores": s[kept], "labels": l[kept]})
+        return detections
+
+    # ------------------------------------------------------------------ torchvision import
+    @classmethod
+    def from_torchvision(cls, model_or_state_dict: Union[nn.Module, dict], bn_eps: Optional[float] = None) -> "RetinaNet":
+        """An fl_lab copy of torchvision's ``retinanet_resnet50_fpn`` (v1) with its weights.
+
+        Configured as torchvision builds it: ResNet-50, P6 from P5, the torchvision anchor
+        preset (:meth:`AnchorGenerator.torchvision`), frozen BatchNorm. Pass the model or its
+        state dict (e.g. ``torch.load(file, weights_only=True)`` of torchvision's COCO weights
+        file; its older head-key format is accepted). K is read from the class output. Inputs
+        must be normalised the same way (ImageNet mean and std), and for identical anchors the
+        image sides must be multiples of 128.
+
+        ``bn_eps``: the frozen BatchNorm's ε. By default it is read from a model; a state dict
+        does not hold it, and then 0 is used, the value torchvision sets for its COCO_V1
+        weights (they come from a detectron-style training without ε).
+        """
+        if isinstance(model_or_state_dict, nn.Module):
+            state = model_or_state_dict.state_dict()
+            if bn_eps is None:
+                bn_eps = next((m.eps for m in model_or_state_dict.modules() if hasattr(m, "running_var")), 1e-5)
+        else:
+            state = dict(model_or_state_dict)
+        bn_eps = 0.0 if bn_eps is None else float(bn_eps)
+        renamed = {}
+        for key, value in state.items():
+            if key.endswith("num_batches_tracked"):
+                continue  # a BatchNorm counter; frozen BatchNorm has none
+            # torchvision < 0.13 saved the head convs as conv.N.weight; now conv.N.0.weight.
+            key = re.sub(r"^(head\.\w+_head\.conv\.\d+)\.(weight|bias)$", r"\1.0.\2", key)
+            for old, new in _TORCHVISION_KEYS:
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            renamed[key] = value
+        if "class_subnet.out.weight" not in renamed:
+            raise ValueError("not a torchvision RetinaNet state dict: 'head.classification_head.cls_logits.weight' is missing")
+        num_anchors = renamed["box_subnet.out.weight"].shape[0] // 4
+        num_classes = renamed["class_subnet.out.weight"].shape[0] // num_anchors
+        model = cls(num_classes, backbone="resnet50", p6_from="p5", anchor_generator=AnchorGenerator.torchvision(),
+                    frozen_bn=True)
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = bn_eps
+        renamed["foreground_ema"] = model.foreground_ema
+        missing, unexpected = model.load_state_dict(renamed, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"torchvision state dict does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model
+
+
+# torchvision's module names -> fl_lab's (the backbone is the same torchvision module).
+_TORCHVISION_KEYS = (
+    ("head.classification_head.conv.", "class_subnet.conv."),
+    ("head.classification_head.cls_logits.", "class_subnet.out."),
+    ("head.regression_head.conv.", "box_subnet.conv."),
+    ("head.regression_head.bbox_reg.", "box_subnet.out."),
+)
+
+
+def _load_backbone_weights(resnet: nn.Module, weights: Union[str, os.PathLike, torchvision.models.WeightsEnum]) -> None:
+    """Load ImageNet weights into ``resnet`` from a file or from the torch hub cache; never download."""
+    if isinstance(weights, torchvision.models.WeightsEnum):
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{weights} is not in the torch hub cache ({path}). fl_lab downloads nothing: fetch "
+                f"{weights.url} on a machine with internet and copy it there, or pass the file's path."
+            )
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    try:
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: weights of another depth
+        raise ValueError(f"{path} does not fit this ResNet: {str(err).splitlines()[1].strip()} …") from None
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this ResNet: missing {missing[:5]}, unexpected {unexpected[:5]}")
