@@ -274,7 +274,8 @@ class RetinaNet(nn.Module):
                 callable ``f(logits (N, K), labels (N,), reduction="sum"|"none")`` in the form of
                 :func:`fl_lab.loss.focal_loss` (e.g. ``partial(focal_loss, gamma=1, alpha=0.5)``).
             box_loss: "l1" (torchvision, detectron2) or "smooth_l1" (the paper) with ``beta``.
-            normalize: "batch" — divide both sums by the batch's foreground-anchor count (§3.3);
+            normalize: "batch" — divide both sums by the batch's foreground-anchor count (§3.3;
+                under torch.distributed, the whole batch's count, all-reduced);
                 "per_image" — per image by its own count, then average (torchvision);
                 "ema" — by a running average of the count (detectron2, momentum 0.9).
 
@@ -314,7 +315,14 @@ class RetinaNet(nn.Module):
             per_image = fg_per_image.clamp(min=1).to(cls_per_image.dtype)
             cls, box = (cls_per_image / per_image).mean(), (box_per_image / per_image).mean()
         else:
-            normaliser = fg_per_image.sum().float().clamp(min=1)
+            normaliser = fg_per_image.sum().float()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Under DistributedDataParallel each replica sees part of the batch and the
+                # gradients are averaged: divide by the mean count over replicas, so the
+                # result is the paper's sum over the whole batch ÷ its foreground count.
+                torch.distributed.all_reduce(normaliser)
+                normaliser = normaliser / torch.distributed.get_world_size()
+            normaliser = normaliser.clamp(min=1)
             if normalize == "ema":
                 normaliser = 0.9 * self.foreground_ema + 0.1 * normaliser
                 if self.training:

@@ -143,3 +143,13 @@ def test_training_curves_figure_marks_a_diverged_run():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["ok", "bad — diverged at step 4"]
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [r["total"] for r in histories["ok"]])
+
+
+def test_training_log_figure():
+    rows = [{"step": i, "lr": 0.01 * (0.1 if i > 6 else 1), "cls": 1.0 / (i + 1), "box": 0.5, "total": 1.0 / (i + 1) + 0.5}
+            for i in range(10)] + [{"replicas": 2, "replicas_identical": True}]
+    fig = plots.training_log_figure(rows)
+    assert_labelled(fig, 2)
+    losses, lr = fig.axes
+    assert [line.get_label() for line in losses.get_lines()] == ["classification (focal) loss", "box regression loss", "total"]
+    np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), [r["lr"] for r in rows[:10]])

@@ -1,4 +1,12 @@
-"""fl_lab.train: the schedule, a short run that learns, and a clear stop on divergence."""
+"""fl_lab.train: the schedule, learning, exact resume, divergence, the CLI, and DDP on CPU."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +14,9 @@ from torch.utils.data import DataLoader
 
 from fl_lab.data import Shapes, collate
 from fl_lab.model import RetinaNet
-from fl_lab.train import Diverged, lr_multiplier, train
+from fl_lab.train import PRESETS, Config, Diverged, config_from_args, load_checkpoint, lr_multiplier, read_log, run, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lr_schedule():
@@ -37,16 +47,107 @@ def test_training_reduces_the_loss_on_a_small_shapes_subset():
     history = train(model, [batch], steps=60, lr=0.01, warmup=5, progress=False)
     after = loss_on_batch()
     assert len(history) == 60 and history[0]["lr"] == pytest.approx(0.01 / 3)
-    assert set(history[0]) >= {"step", "lr", "cls", "box", "total", "num_foreground"}
+    assert set(history[0]) >= {"step", "lr", "cls", "box", "total", "num_foreground", "images_per_s"}
     assert after["total"] < 0.7 * before["total"], (before, after)
     assert after["cls"] < before["cls"] and after["box"] < before["box"]
 
 
-def test_divergence_stops_with_a_clear_message():
-    data = Shapes(4, image_size=64, num_classes=3, max_objects=4)
-    loader = DataLoader(data, batch_size=4, collate_fn=collate)
-    with pytest.raises(Diverged, match=r"diverged at iteration \d+.*prior") as err:
-        train(tiny_model(prior=None), loader, steps=50, lr=1e3, warmup=0, loss_kwargs={"loss_fn": "ce"}, progress=False)
-    assert len(err.value.history) < 50 and all(r["total"] == r["total"] for r in err.value.history)
+def tiny_config(out, **kw):
+    return Config(**{**dict(image_size=64, train_images=12, val_images=4, num_classes=3, backbone="resnet18",
+                            fpn_channels=16, head_convs=1, batch_size=4, steps=12, warmup=3, lr=0.01, workers=0,
+                            out=str(out), checkpoint_every=4, log_every=1, evaluate=False, device="cpu"), **kw})
+
+
+def test_resume_continues_exactly(tmp_path):
+    """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimiser and log (the lr drops at 8)."""
+    straight = run(tiny_config(tmp_path / "a"), progress=False)
+    first = run(tiny_config(tmp_path / "b", stop_after=6), progress=False)
+    assert len(first["history"]) == 6 and load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 6
+    second = run(tiny_config(tmp_path / "b"), resume=True, progress=False)
+    assert [r["step"] for r in second["history"]] == list(range(6, 12))
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert all(torch.equal(x["momentum_buffer"], y["momentum_buffer"])
+               for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()))
+    drop = ("images_per_s",)
+    rows = lambda path: [{k: v for k, v in r.items() if k not in drop} for r in read_log(path)]  # noqa: E731
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    assert not list(tmp_path.glob("*/*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_divergence_stops_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, prior=None, loss_fn="ce", lr=50.0, warmup=0, steps=40, checkpoint_every=1)
+    with pytest.raises(Diverged, match=r"diverged at iteration (\d+).*prior.*last good checkpoint") as err:
+        run(config, progress=False)
+    diverged_at = len(err.value.history)
+    assert 0 < diverged_at < 40
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == diverged_at
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert f"iteration {diverged_at}" in str(err.value)
+
+
+def test_train_rejects_bad_lr():
+    data = Shapes(4, image_size=64, num_classes=3)
     with pytest.raises(ValueError, match="lr"):
-        train(tiny_model(), loader, steps=1, lr=0.0, progress=False)
+        train(tiny_model(), DataLoader(data, batch_size=4, collate_fn=collate), steps=1, lr=0.0, progress=False)
+
+
+class Arbitrary:
+    """Not a tensor or a plain value: a weights_only load must refuse it."""
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    torch.save({"model": {}, "payload": Arbitrary()}, tmp_path / "x.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_cli_presets_overrides_and_resume_rules(tmp_path):
+    config, resume = config_from_args(["--preset", "gpu", "--steps", "7", "--alpha", "none", "--no-evaluate"])
+    assert not resume and config.steps == 7 and config.alpha is None and config.evaluate is False
+    assert config.image_size == PRESETS["gpu"]["image_size"] and config.amp == "bf16"
+    assert config_from_args([])[0] == Config()
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(Config(steps=9))))
+    config, resume = config_from_args(["--resume", str(tmp_path), "--stop-after", "4"])
+    assert resume and config.steps == 9 and config.stop_after == 4 and config.out == str(tmp_path)
+    with pytest.raises(SystemExit, match="lr"):
+        config_from_args(["--resume", str(tmp_path), "--lr", "0.1"])
+    help_text = subprocess.run([sys.executable, "-m", "fl_lab.train", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for option in ("--preset", "--resume", "--gamma", "--amp", "--stop-after", "cpu-fast"):
+        assert option in help_text
+
+
+def test_cli_runs_and_evaluates(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "fl_lab.train", "--image-size", "64", "--train-images", "8",
+                             "--val-images", "2", "--backbone", "resnet18", "--fpn-channels", "16", "--head-convs", "1",
+                             "--batch-size", "4", "--steps", "2", "--workers", "0", "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert "AP50" in result.stdout and json.loads((out / "config.json").read_text())["steps"] == 2
+
+
+def test_ddp_on_cpu_keeps_replicas_identical(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "fl_lab.train", "--image-size", "64", "--train-images", "8",
+         "--val-images", "2", "--backbone", "resnet18", "--fpn-channels", "16", "--head-convs", "1",
+         "--batch-size", "4", "--steps", "3", "--workers", "0", "--out", str(out), "--device", "cpu",
+         "--log-every", "1", "--no-evaluate"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(out)
+    assert rows[-1] == {"replicas": 2, "replicas_identical": True}
+    assert [r["step"] for r in rows[:-1]] == [0, 1, 2]

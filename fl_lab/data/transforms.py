@@ -111,6 +111,14 @@ class Resize:
         return f"Resize(min_size={self.min_size}, max_size={self.max_size})"
 
 
+def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
+    """Mirror the image (3, H, W) and its boxes: x1' = W - x2, x2' = W - x1 (the paper's only augmentation)."""
+    _check(image, target)
+    width = image.shape[-1]
+    x1, y1, x2, y2 = target["boxes"].unbind(-1)
+    return image.flip(-1), {**target, "boxes": torch.stack((width - x2, y1, width - x1, y2), dim=-1)}
+
+
 class RandomHorizontalFlip:
     """With probability ``p`` mirror the image and its boxes: x1' = W - x2, x2' = W - x1.
 
@@ -127,9 +135,7 @@ class RandomHorizontalFlip:
         _check(image, target)
         if torch.rand((), generator=self.generator).item() >= self.p:
             return image, target
-        width = image.shape[-1]
-        x1, y1, x2, y2 = target["boxes"].unbind(-1)
-        return image.flip(-1), {**target, "boxes": torch.stack((width - x2, y1, width - x1, y2), dim=-1)}
+        return hflip(image, target)
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"

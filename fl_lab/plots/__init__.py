@@ -13,8 +13,9 @@ from .anchors import (
     ground_truth_figure,
     pyramid_figure,
 )
+from .detections import detections_figure
 from .loss import figure1, imbalance_figure, loss_explorer_figure
-from .model import dataset_figure, training_curves_figure
+from .model import dataset_figure, training_curves_figure, training_log_figure
 
 __all__ = [
     "anchor_grid_figure",
@@ -22,10 +23,12 @@ __all__ = [
     "assignment_figure",
     "cell_anchors_figure",
     "dataset_figure",
+    "detections_figure",
     "figure1",
     "ground_truth_figure",
     "imbalance_figure",
     "loss_explorer_figure",
     "pyramid_figure",
     "training_curves_figure",
+    "training_log_figure",
 ]

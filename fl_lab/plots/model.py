@@ -51,3 +51,20 @@ def training_curves_figure(histories: Mapping[str, Sequence[dict]], key: str = "
         ax.set_xlim(0, total_steps)
     ax.legend()
     return fig
+
+
+def training_log_figure(rows: Sequence[dict], title: str = "Training log") -> Figure:
+    """A run's ``log.jsonl`` rows: classification and box loss (left), learning rate (right)."""
+    rows = [r for r in rows if "step" in r]
+    steps = [r["step"] for r in rows]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    losses, lr = fig.subplots(1, 2)
+    for key, name in (("cls", "classification (focal) loss"), ("box", "box regression loss"), ("total", "total")):
+        losses.plot(steps, [r[key] for r in rows], label=name, lw=2 if key == "total" else 1)
+    losses.set(yscale="log", xlabel="iteration", ylabel="loss (÷ foreground anchors)", title="Loss")
+    losses.legend()
+    lr.plot(steps, [r["lr"] for r in rows], color="tab:purple", label="learning rate")
+    lr.set(xlabel="iteration", ylabel="learning rate", title="Schedule: warm-up, then ÷10 at 2/3 and 8/9")
+    lr.legend()
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,70 @@
+"""Figures of lesson 05: what a trained detector finds, next to the ground truth."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from torch import Tensor
+
+from .anchors import _draw
+
+GROUND_TRUTH_STYLE = {"color": "white", "gapcolor": "black", "ls": "--", "lw": 1.5}
+
+
+def detections_figure(
+    images: Sequence[Tensor],
+    detections: Sequence[dict],
+    class_names: Sequence[str],
+    score_thresh: float = 0.3,
+    targets: Optional[Sequence[dict]] = None,
+    columns: int = 4,
+    title: str = "Detections",
+) -> Figure:
+    """One panel per image (3, H, W) in [0, 1]: its detections scoring at least ``score_thresh``.
+
+    ``detections[i]``: ``boxes`` (D, 4) x1 y1 x2 y2 in the pixels of ``images[i]``, ``scores``
+    (D,), ``labels`` (D,) and optionally ``image_id`` (as :meth:`RetinaNet.detect` or
+    :func:`fl_lab.evaluate.predict` give them; predict's boxes are in the original image's
+    pixels, so pair them with images before any Resize). Boxes are coloured by class as in
+    :func:`fl_lab.plots.dataset_figure` and tagged "name score"; ``targets[i]["boxes"]``, when
+    given, are drawn as dashed white-and-black outlines.
+    """
+    if len(detections) != len(images) or (targets is not None and len(targets) != len(images)):
+        raise ValueError(f"need one detections dict (and target) per image: {len(images)} images, "
+                         f"{len(detections)} detections, {'no' if targets is None else len(targets)} targets")
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = Figure(figsize=(3.2 * columns, 3.2 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    shown: set[int] = set()  # classes drawn somewhere: the legend names these
+    for i, (ax, image, det) in enumerate(zip(axes, images, detections)):
+        ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image.shape[2], image.shape[1], 0))
+        if targets is not None:
+            _draw(ax, torch.as_tensor(targets[i]["boxes"]).detach().cpu(), label="ground truth", **GROUND_TRUTH_STYLE)
+        keep = torch.as_tensor(det["scores"]).detach().cpu() >= score_thresh
+        boxes = torch.as_tensor(det["boxes"]).detach().cpu()[keep].reshape(-1, 4)
+        scores, labels = torch.as_tensor(det["scores"]).cpu()[keep], torch.as_tensor(det["labels"]).cpu()[keep]
+        colors = [f"C{k % 10}" for k in labels.tolist()]
+        _draw(ax, boxes, label="detections", colors=colors, lw=1.5)
+        for (x1, y1, _, _), score, k, color in zip(boxes.tolist(), scores.tolist(), labels.tolist(), colors):
+            ax.text(x1, y1, f"{class_names[k]} {score:.2f}", color="white", fontsize="xx-small", va="bottom",
+                    clip_on=True, bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
+        shown.update(labels.tolist())
+        image_id = det.get("image_id", i)
+        n = len(boxes)
+        ax.set(title=f"image {image_id}: {n} detection{'s' * (n != 1)} ≥ {score_thresh:.2f}",
+               xlabel="x (pixels)", ylabel="y (pixels)")
+    for ax in axes[len(images):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=f"C{k % 10}", lw=2, label=class_names[k]) for k in sorted(shown)]
+    if not handles:
+        handles = [Line2D([], [], color="none", label=f"no detection ≥ {score_thresh:.2f}")]
+    if targets is not None:
+        handles.append(Line2D([], [], label="ground truth", **GROUND_TRUTH_STYLE))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * columns))
+    fig.suptitle(title)
+    return fig
