@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from .boxes import BoxCoder, box_iou_batched, check_boxes
 from .loss import BACKGROUND, IGNORE
@@ -111,18 +112,14 @@ def pad_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple[Tens
     """
     if len(boxes) != len(labels) or not boxes:
         raise ValueError(f"need one label tensor per box tensor (at least one image), got {len(boxes)} and {len(labels)}")
-    for i, (b, l) in enumerate(zip(boxes, labels)):
+    for i, (b, l) in enumerate(zip(boxes, labels)):  # shape checks only, to name the image
         if b.dim() != 2 or b.shape[1] != 4 or l.shape != b.shape[:1]:
             raise ValueError(f"image {i}: boxes must be (G, 4) and labels (G,), got {tuple(b.shape)} and {tuple(l.shape)}")
-        check_boxes(b, name=f"boxes[{i}]")
-    num = max(b.shape[0] for b in boxes)
-    out_boxes = boxes[0].new_zeros(len(boxes), num, 4)
-    out_labels = torch.full((len(boxes), num), -1, dtype=torch.long, device=boxes[0].device)
-    valid = torch.zeros(len(boxes), num, dtype=torch.bool, device=boxes[0].device)
-    for i, (b, l) in enumerate(zip(boxes, labels)):  # one copy per image, not per anchor
-        out_boxes[i, : len(b)] = b
-        out_labels[i, : len(b)] = l
-        valid[i, : len(b)] = True
+    counts = torch.tensor([len(b) for b in boxes], device=boxes[0].device)
+    out_boxes = pad_sequence(list(boxes), batch_first=True)  # (B, G_max, 4), zero padding
+    out_labels = pad_sequence([l.long() for l in labels], batch_first=True, padding_value=-1)
+    valid = torch.arange(out_boxes.shape[1], device=counts.device) < counts[:, None]
+    check_boxes(out_boxes, "boxes", valid)
     return out_boxes, out_labels, valid
 
 
