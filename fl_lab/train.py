@@ -286,11 +286,11 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
 
 
 def _open_log(out: Path, start: int):
-    """log.jsonl for appending, without rows from steps >= ``start`` (left by an interrupted run)."""
+    """log.jsonl for appending, keeping only the step rows before ``start`` (a fresh run starts it anew)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "log.jsonl"
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", -1) < start]
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", math.inf) < start]
         path.write_text("".join(line + "\n" for line in kept))
     return open(path, "a")
 

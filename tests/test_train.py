@@ -61,6 +61,7 @@ def tiny_config(out, **kw):
 def test_resume_continues_exactly(tmp_path):
     """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimiser and log (the lr drops at 8)."""
     straight = run(tiny_config(tmp_path / "a"), progress=False)
+    assert [r["step"] for r in straight["history"]] == list(range(12))
     first = run(tiny_config(tmp_path / "b", stop_after=6), progress=False)
     assert len(first["history"]) == 6 and load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 6
     second = run(tiny_config(tmp_path / "b"), resume=True, progress=False)
@@ -151,3 +152,14 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path):
     rows = read_log(out)
     assert rows[-1] == {"replicas": 2, "replicas_identical": True}
     assert [r["step"] for r in rows[:-1]] == [0, 1, 2]
+
+
+def test_log_keeps_only_rows_before_the_resumed_step(tmp_path):
+    from fl_lab.train import _open_log
+
+    lines = [json.dumps({"step": i, "total": 1.0}) for i in range(6)] + [json.dumps({"replicas_identical": True})]
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n")
+    _open_log(tmp_path, 3).close()
+    assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2]
+    _open_log(tmp_path, 0).close()  # a fresh run into the same folder starts a fresh log
+    assert read_log(tmp_path) == []
