@@ -18,6 +18,7 @@ Inputs are normalised images (see :mod:`fl_lab.data.transforms`); outputs cover 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -36,8 +37,8 @@ from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder
-from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
-from .matcher import Matcher, assign_targets, pad_targets
+from .loss import balanced_cross_entropy, focal_loss, focal_loss_star, ohem_loss
+from .matcher import AssignedTargets, Matcher, assign_targets, pad_targets
 
 __all__ = ["LOSS_FUNCTIONS", "RetinaNet", "RetinaNetOutput"]
 
@@ -50,12 +51,13 @@ _BACKBONES = {
 }
 
 #: Classification losses :meth:`RetinaNet.loss` knows by name, each with the paper's best
-#: setting (Table 1a/1b, Table 3). Pass a callable for any other setting.
+#: setting (Table 1a/1b/1d, Table 3). Pass a callable for any other setting.
 LOSS_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "ce": partial(balanced_cross_entropy, alpha=None),  # plain cross-entropy, no α
     "focal": focal_loss,  # γ = 2, α = 0.25
     "balanced_ce": balanced_cross_entropy,  # α = 0.75
     "focal_star": focal_loss_star,  # γ = 2, β = 1
+    "ohem": ohem_loss,  # OHEM (§5.1): CE on 128 anchors per image after NMS at 0.5
 }
 
 _NORMALIZE = ("batch", "per_image", "ema")
@@ -255,6 +257,24 @@ class RetinaNet(nn.Module):
         return "\n".join(rows)
 
     # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def assign(self, output: RetinaNetOutput, targets: Sequence[dict]) -> AssignedTargets:
+        """Match the anchors of ``output`` to each image's boxes with the model's matcher (§4).
+
+        targets: B dicts with ``boxes`` (G_i, 4) x1 y1 x2 y2 and ``labels`` (G_i,) in 0..K-1.
+        Returns :class:`~fl_lab.matcher.AssignedTargets` with labels (B, A) (class, -1 background,
+        -2 ignored) and encoded box targets (B, A, 4).
+        """
+        anchors, batch = output.anchors, output.cls_logits.shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
+        try:
+            boxes, labels, valid = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
+        except (KeyError, TypeError):
+            raise ValueError("each target must be a dict with 'boxes' (G, 4) and 'labels' (G,)") from None
+        return assign_targets(anchors, boxes.to(anchors.device), labels.to(anchors.device), valid.to(anchors.device),
+                              self.matcher, self.box_coder, num_classes=self.num_classes)
+
     def loss(
         self,
         output: RetinaNetOutput,
@@ -270,9 +290,13 @@ class RetinaNet(nn.Module):
             output: :meth:`forward`'s result for B images.
             targets: B dicts with ``boxes`` (G_i, 4) x1 y1 x2 y2 and ``labels`` (G_i,) in 0..K-1;
                 G_i = 0 (no objects) is fine: every anchor is then background.
-            loss_fn: "focal" (γ 2, α 0.25), "ce", "balanced_ce" (α 0.75), "focal_star" (γ 2, β 1), or a
-                callable ``f(logits (N, K), labels (N,), reduction="sum"|"none")`` in the form of
-                :func:`fl_lab.loss.focal_loss` (e.g. ``partial(focal_loss, gamma=1, alpha=0.5)``).
+            loss_fn: "focal" (γ 2, α 0.25), "ce", "balanced_ce" (α 0.75), "focal_star" (γ 2, β 1),
+                "ohem" (online hard example mining, Table 1d: CE on each image's 128 highest-loss
+                anchors after NMS 0.5), or a callable ``f(logits (B, A, K), labels (B, A),
+                reduction="sum"|"none")`` in the form of :func:`fl_lab.loss.focal_loss` (e.g.
+                ``partial(focal_loss, gamma=1, alpha=0.5)``). A callable with a ``boxes``
+                parameter (as :func:`fl_lab.loss.ohem_loss`) also gets ``boxes=`` the predicted
+                boxes (B, A, 4), decoded without gradient.
             box_loss: "l1" (torchvision, detectron2) or "smooth_l1" (the paper) with ``beta``.
             normalize: "batch" — divide both sums by the batch's foreground-anchor count (§3.3;
                 under torch.distributed, the whole batch's count, all-reduced);
@@ -291,16 +315,16 @@ class RetinaNet(nn.Module):
                 raise ValueError(f"loss_fn must be one of {sorted(LOSS_FUNCTIONS)} or a callable, got {loss_fn!r}")
             loss_fn = LOSS_FUNCTIONS[loss_fn]
         cls_logits, box_deltas, anchors = output.cls_logits, output.box_deltas, output.anchors
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]} images")
-        try:
-            boxes, labels, valid = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
-        except (KeyError, TypeError):
-            raise ValueError("each target must be a dict with 'boxes' (G, 4) and 'labels' (G,)") from None
-        with torch.no_grad():
-            assigned = assign_targets(anchors, boxes.to(anchors.device), labels.to(anchors.device), valid.to(anchors.device),
-                                      self.matcher, self.box_coder, num_classes=self.num_classes)
+        assigned = self.assign(output, targets)
         foreground = assigned.foreground  # (B, A)
+        try:  # works for functools.partial too
+            takes_boxes = "boxes" in inspect.signature(loss_fn).parameters
+        except (TypeError, ValueError):  # a callable without a signature
+            takes_boxes = False
+        extra = {}
+        if takes_boxes:  # OHEM's NMS runs on the predicted boxes (§5.1)
+            with torch.no_grad():
+                extra["boxes"] = self.box_coder.decode(box_deltas.detach(), anchors)  # (B, A, 4)
 
         deltas, box_targets = box_deltas[foreground].float(), assigned.box_targets[foreground].float()
         if box_loss == "l1":
@@ -310,7 +334,7 @@ class RetinaNet(nn.Module):
 
         fg_per_image = foreground.sum(1)  # (B,)
         if normalize == "per_image":
-            cls_per_image = loss_fn(cls_logits, assigned.labels, reduction="none").sum((1, 2))
+            cls_per_image = loss_fn(cls_logits, assigned.labels, reduction="none", **extra).sum((1, 2))
             box_per_image = torch.zeros_like(cls_per_image).index_add(0, torch.nonzero(foreground)[:, 0], box_per_anchor)
             per_image = fg_per_image.clamp(min=1).to(cls_per_image.dtype)
             cls, box = (cls_per_image / per_image).mean(), (box_per_image / per_image).mean()
@@ -327,7 +351,7 @@ class RetinaNet(nn.Module):
                 normaliser = 0.9 * self.foreground_ema + 0.1 * normaliser
                 if self.training:
                     self.foreground_ema.copy_(normaliser.detach())
-            cls = loss_fn(cls_logits, assigned.labels, reduction="sum") / normaliser
+            cls = loss_fn(cls_logits, assigned.labels, reduction="sum", **extra) / normaliser
             box = box_per_anchor.sum() / normaliser
         return {"cls": cls, "box": box, "total": cls + box, "num_foreground": fg_per_image.sum()}
 

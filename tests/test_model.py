@@ -197,7 +197,7 @@ def test_loss_options():
     # smooth L1 with β: never above L1, equal to it as β -> 0
     assert model.loss(out, targets, box_loss="smooth_l1", beta=0.5)["box"] < batch["box"]
     assert torch.allclose(model.loss(out, targets, box_loss="smooth_l1", beta=1e-9)["box"], batch["box"])
-    for bad in ({"normalize": "image"}, {"box_loss": "giou"}, {"loss_fn": "ohem"}):
+    for bad in ({"normalize": "image"}, {"box_loss": "giou"}, {"loss_fn": "hinge"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             model.loss(out, targets, **bad)
     with pytest.raises(ValueError, match="class 7"):
