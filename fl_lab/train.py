@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from .data import CocoDataset, Resize, Shapes, VOCDataset, collate
 from .data.sampler import FlipByKey, TrainSampler
 from .evaluate import evaluate
-from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
-from .model import RetinaNet
+from .model import LOSS_FUNCTIONS, RetinaNet
 
-__all__ = ["PRESETS", "Config", "Diverged", "load_checkpoint", "lr_multiplier", "read_log", "run", "sgd", "train"]
+__all__ = ["PRESETS", "Config", "Diverged", "load_checkpoint", "load_run", "lr_multiplier", "read_log", "run", "sgd",
+           "train"]
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -71,9 +71,15 @@ class Config:
     backbone_weights: Optional[str] = _opt(None, "ImageNet weights file for the ResNet (none: from scratch)")
     prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
     # loss
-    loss_fn: str = _opt("focal", "focal, ce, balanced_ce or focal_star", choices=("focal", "ce", "balanced_ce", "focal_star"))
+    loss_fn: str = _opt("focal", "focal, ce, balanced_ce, focal_star or ohem (cross-entropy on the hardest anchors)",
+                        choices=("focal", "ce", "balanced_ce", "focal_star", "ohem"))
     gamma: float = _opt(2.0, "focusing parameter of focal / focal_star (paper: 2)")
-    alpha: Optional[float] = _opt(0.25, "weight of positives (focal: 0.25, balanced_ce: 0.75; None: unweighted)")
+    alpha: Optional[float] = _opt(0.25, "weight of positives (focal: 0.25, balanced_ce: 0.75; None: unweighted; "
+                                  "ignored by ce and ohem)")
+    ohem_batch: int = _opt(128, "ohem: anchors per image kept after NMS, highest loss first (paper Table 1d: 128, 256)")
+    ohem_nms: float = _opt(0.5, "ohem: IoU threshold of the NMS over anchors' predicted boxes (paper: 0.5, 0.7)")
+    ohem_max_pos_fraction: Optional[float] = _opt(None, "ohem: at most this share of positives (0.25 = SSD's 1:3; "
+                                                  "None: no cap)")
     box_loss: str = _opt("l1", "l1 (torchvision, detectron2) or smooth_l1 (paper)", choices=("l1", "smooth_l1"))
     normalize: str = _opt("batch", "loss normaliser: batch (paper), per_image (torchvision), ema (detectron2)",
                           choices=("batch", "per_image", "ema"))
@@ -96,13 +102,17 @@ class Config:
     evaluate: bool = _opt(True, "evaluate AP on the validation set at the end")
 
     def loss_kwargs(self) -> dict:
-        """Arguments of :meth:`RetinaNet.loss` for this configuration."""
-        fn: Callable = {
-            "focal": partial(focal_loss, gamma=self.gamma, alpha=self.alpha),
-            "ce": partial(balanced_cross_entropy, alpha=None),
-            "balanced_ce": partial(balanced_cross_entropy, alpha=self.alpha),
-            "focal_star": partial(focal_loss_star, gamma=self.gamma, alpha=None),
+        """Arguments of :meth:`RetinaNet.loss` for this configuration: the named loss of
+        :data:`fl_lab.model.LOSS_FUNCTIONS` with this configuration's parameters."""
+        params = {
+            "focal": dict(gamma=self.gamma, alpha=self.alpha),
+            "ce": {},
+            "balanced_ce": dict(alpha=self.alpha),
+            "focal_star": dict(gamma=self.gamma),
+            "ohem": dict(batch_size=self.ohem_batch, nms_thresh=self.ohem_nms,
+                         max_pos_fraction=self.ohem_max_pos_fraction),
         }[self.loss_fn]
+        fn = partial(LOSS_FUNCTIONS[self.loss_fn], **params)
         return {"loss_fn": fn, "box_loss": self.box_loss, "normalize": self.normalize}
 
 
@@ -186,7 +196,7 @@ def train(
             ``log.jsonl`` (every ``log_every`` steps); None keeps nothing on disk.
         stop_after: stop after this step (a checkpoint is written); resume later.
         resume_from: a checkpoint from :func:`load_checkpoint`: continue exactly from it.
-        extra_state: saved into every checkpoint as is (the run's config).
+        extra_state: saved into every checkpoint as is (:func:`run` saves the config and class count).
 
     Raises:
         Diverged: on a non-finite output or loss, naming the step; ``.history`` keeps the
@@ -327,6 +337,23 @@ def build_model(config: Config, num_classes: int) -> RetinaNet:
                      backbone_weights=config.backbone_weights)
 
 
+def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[RetinaNet, Config]:
+    """The model a run folder's ``last.pt`` holds, in eval mode, and the run's configuration.
+
+    The architecture comes from the configuration saved in the checkpoint, the weights from
+    the checkpoint itself (so a ``backbone_weights`` file need not exist any more).
+    """
+    state = load_checkpoint(Path(out) / "last.pt", map_location=device)
+    try:
+        config, num_classes = Config(**state["extra"]["config"]), int(state["extra"]["num_classes"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{Path(out) / 'last.pt'} holds no run configuration (written by an older fl_lab, or not by "
+                         "fl_lab.train.run): train it again, e.g. with lesson 04 or python -m fl_lab.train") from None
+    model = build_model(dataclasses.replace(config, backbone_weights=None), num_classes)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config
+
+
 def run(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
 
@@ -351,7 +378,8 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> dict:
     history = train(wrapped, loader, config.steps, config.lr, config.warmup, config.loss_kwargs(), device, progress,
                     momentum=config.momentum, weight_decay=config.weight_decay, amp=config.amp, out=out,
                     checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                    stop_after=config.stop_after, resume_from=state, extra_state=dataclasses.asdict(config))
+                    stop_after=config.stop_after, resume_from=state,
+                    extra_state={"config": dataclasses.asdict(config), "num_classes": train_set.num_classes})
     if world > 1:
         _check_replicas(model, out if rank == 0 else None)
     metrics = None

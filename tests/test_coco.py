@@ -154,6 +154,12 @@ def test_dataset_items_follow_the_conventions(tmp_path, capsys):
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.long
 
 
+def test_category_id_labels_for_torchvision_models(tmp_path):
+    ds = dataset(tmp_path, category_id_labels=True)
+    assert ds[0][1]["labels"].tolist() == [5] and ds[1][1]["labels"].tolist() == [2]  # dog is id 5, cat id 2
+    assert ds[1][1]["labels"].dtype == torch.long and ds[2][1]["labels"].shape == (0,)
+
+
 def test_dataset_shares_the_reader(tmp_path):
     ds = dataset(tmp_path)
     plain = load_coco_annotations(ds.annotation_file)  # keeps the degenerate boxes CocoDataset drops

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from fl_lab.data import Shapes, collate
 from fl_lab.model import RetinaNet
-from fl_lab.train import PRESETS, Config, Diverged, config_from_args, load_checkpoint, lr_multiplier, read_log, run, train
+from fl_lab.train import (PRESETS, Config, Diverged, config_from_args, load_checkpoint, load_run, lr_multiplier, read_log,
+                          run, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,31 @@ def test_checkpoints_load_weights_only(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_load_run_rebuilds_the_trained_model(tmp_path):
+    config = tiny_config(tmp_path / "run", steps=2, image_size=128, head_norm="gn", fpn_channels=32, loss_fn="ohem",
+                         ohem_batch=8)
+    trained = run(config, progress=False)["model"].eval()
+    model, saved = load_run(tmp_path / "run")
+    assert saved == config and not model.training and model.num_classes == 3
+    images = torch.rand(2, 3, 128, 128)  # two images: GroupNorm of a 1×1 P7 needs more than one value
+    with torch.no_grad():
+        assert torch.equal(model(images).cls_logits, trained(images).cls_logits)
+    torch.save({"model": {}, "step": 0, "extra": {}}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="no run configuration"):
+        load_run(tmp_path)
+
+
+def test_config_loss_kwargs_pass_their_parameters():
+    from fl_lab.loss import balanced_cross_entropy, focal_loss, ohem_loss
+
+    kw = Config(loss_fn="focal", gamma=1.0, alpha=0.5).loss_kwargs()
+    assert kw["loss_fn"].func is focal_loss and kw["loss_fn"].keywords == {"gamma": 1.0, "alpha": 0.5}
+    kw = Config(loss_fn="ce", alpha=0.3).loss_kwargs()["loss_fn"]
+    assert kw.func is balanced_cross_entropy and kw.keywords == {"alpha": None}  # plain CE ignores α
+    kw = Config(loss_fn="ohem", ohem_batch=256, ohem_nms=0.7, ohem_max_pos_fraction=0.25).loss_kwargs()["loss_fn"]
+    assert kw.func is ohem_loss and kw.keywords == {"batch_size": 256, "nms_thresh": 0.7, "max_pos_fraction": 0.25}
 
 
 def test_cli_presets_overrides_and_resume_rules(tmp_path):

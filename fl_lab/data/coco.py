@@ -126,6 +126,8 @@ class CocoDataset(Dataset):
 
     ``check_files`` (default) stats every image at construction and names the first missing
     one (one stat per image); :meth:`__getitem__` raises FileNotFoundError regardless.
+    ``category_id_labels``: give each box its COCO category id (1…90) as its label instead of
+    the contiguous 0…K-1 -- the label space of torchvision's COCO models (91 outputs).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class CocoDataset(Dataset):
         annotation_file: Union[str, Path],
         transform: Optional[Callable] = None,
         check_files: bool = True,
+        category_id_labels: bool = False,
     ):
         self.image_dir, self.annotation_file = Path(image_dir), Path(annotation_file)
         if not self.image_dir.is_dir():
@@ -148,6 +151,7 @@ class CocoDataset(Dataset):
         self.class_names: list[str] = self.annotations.category_names
         self.num_classes = len(self.class_names)
         self.transform = transform
+        self.category_id_labels = category_id_labels
         if check_files:
             missing = [p for p in map(self.image_path, range(len(self))) if not p.is_file()]
             if missing:
@@ -170,6 +174,8 @@ class CocoDataset(Dataset):
             "labels": self.annotations.labels[image_id].clone(),
             "image_id": image_id,
         }
+        if self.category_id_labels:
+            target["labels"] = torch.tensor(self.category_ids, dtype=torch.long)[target["labels"]]
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
