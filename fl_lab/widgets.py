@@ -16,7 +16,7 @@ from .anchors import AnchorGenerator, level_names
 from .boxes import box_iou_batched
 from .matcher import Matcher
 
-__all__ = ["anchor_explorer", "focal_loss_explorer", "imbalance_explorer", "matching_explorer"]
+__all__ = ["anchor_explorer", "cdf_explorer", "focal_loss_explorer", "imbalance_explorer", "matching_explorer"]
 
 
 def _slider(description: str, value: float, low: float, high: float, step: float) -> W.FloatSlider:
@@ -108,3 +108,20 @@ def matching_explorer(image, generator: AnchorGenerator, gt_boxes: Tensor) -> W.
         display(plots.assignment_figure(image, anchors, levels, labels, gt_boxes, (matches >= 0) & (strict < 0), level_names(generator)))
 
     return W.VBox([W.HBox(list(sliders.values())), W.interactive_output(render, sliders)])
+
+
+def cdf_explorer(result: analysis.LossCDF, gamma: float = 2.0) -> W.VBox:
+    """A γ slider over Figure 4, recomputed from the stored samples (no new inference).
+
+    Draws CE (γ = 0) for reference and the slider's γ, and prints the shares of the loss
+    held by the hardest samples at that γ.
+    """
+    slider = _slider("γ", gamma, 0.0, 5.0, 0.1)
+
+    def render(gamma: float) -> None:
+        for kind in analysis.CDF_KINDS:
+            top = analysis.hardest_share(result.losses(kind, gamma), 0.2)
+            print(f"γ = {gamma:.1f}: the hardest 20% of {kind} hold {top:.1%} of their loss")
+        display(plots.cdf_figure(result, gammas=(0.0, gamma) if gamma != 0 else (0.0,)))
+
+    return W.VBox([slider, W.interactive_output(render, {"gamma": slider})])
