@@ -5,6 +5,7 @@ functions without a display and a notebook shows each figure exactly once. Every
 has a title, axis labels and a legend.
 """
 
+from .ablations import ablations_figure
 from .anchors import (
     anchor_grid_figure,
     assignment_counts_figure,
@@ -13,14 +14,17 @@ from .anchors import (
     ground_truth_figure,
     pyramid_figure,
 )
+from .cdf import cdf_figure
 from .detections import detections_figure
 from .loss import figure1, imbalance_figure, loss_explorer_figure
 from .model import dataset_figure, training_curves_figure, training_log_figure
 
 __all__ = [
+    "ablations_figure",
     "anchor_grid_figure",
     "assignment_counts_figure",
     "assignment_figure",
+    "cdf_figure",
     "cell_anchors_figure",
     "dataset_figure",
     "detections_figure",
