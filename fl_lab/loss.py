@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torchvision.ops import batched_nms
 
 __all__ = [
@@ -51,8 +52,8 @@ _REDUCTIONS = ("none", "sum", "mean")
 
 # --------------------------------------------------------------------------------------
 # Elementwise kernels. Each maps z = -x_t to the loss of one binary entry, without α.
-# They are the single place to drop in a custom autograd.Function later (closed-form
-# gradient of Appendix B); everything else only gathers, weights and reduces.
+# They are the readable reference: autograd differentiates them. The training loop takes
+# the fused path below for index targets; everything else only gathers, weights and reduces.
 # --------------------------------------------------------------------------------------
 def _focal_of_z(z: Tensor, gamma: float) -> Tensor:
     """FL(p_t) = -(1 - p_t)^γ log p_t with p_t = σ(-z) (eq. 4 without α).
@@ -88,6 +89,83 @@ def _focal_dense(x: Tensor, t: Tensor, gamma: float) -> Tensor:
         return ce
     log_1mpt = torch.logaddexp(torch.log(t) + log_1mp, torch.log1p(-t) + log_p)
     return ce * torch.exp(gamma * log_1mpt)
+
+
+# --------------------------------------------------------------------------------------
+# The fast path the training loop takes: index targets, summed. One pass over the logits
+# computes each entry's loss *and* its closed-form gradient (Appendix B), so backward is a
+# single multiply. It is proven equal to the readable kernels above by tests/test_fused_loss.py.
+# --------------------------------------------------------------------------------------
+_CHUNK_ELEMENTS = 1 << 18  # per CPU pass: a few MB of temporaries, small enough to stay in cache
+
+
+def _softplus_fast(z: Tensor) -> Tensor:
+    """softplus(z) = max(z, 0) + log1p(e^-|z|) with a vectorised log1p.
+
+    PyTorch's CPU ``log1p`` (and so ``softplus``) is not vectorised: ~10× slower than ``log``.
+    Goldberg's identity log1p(u) = u · log(w) / (w - 1), w = 1 + u, keeps full relative
+    precision with a plain ``log``; where w rounds to 1, log1p(u) = u (0/0 → ratio 1).
+    """
+    u = z.abs().neg_().exp_()
+    w = u + 1
+    ratio = torch.log(w).div_(w.sub_(1)).nan_to_num_(nan=1.0)
+    return ratio.mul_(u).add_(z.clamp(min=0))
+
+
+def _focal_and_grad(z: Tensor, gamma: float, want_grad: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """FL(z) = softplus(z) · σ(z)^γ of entries z = -x_t, and dFL/dz (None unless asked).
+
+    dFL/dz = σ^γ · σ + γ · softplus · σ^γ · (1 - σ) = σ^γ · σ + γ · FL · (1 - σ): no negative
+    power of σ, so it is finite for every γ ≥ 0 (Appendix B's gradient, written in z).
+    """
+    s = torch.sigmoid(z)  # σ(z) = 1 - p_t
+    loss = _softplus_fast(z)  # -log p_t
+    if gamma == 0:
+        return loss, (s if want_grad else None)
+    mod = s * s if gamma == 2 else s.pow(gamma)  # (1 - p_t)^γ; γ = 2 is the paper's
+    loss.mul_(mod)
+    if not want_grad:
+        return loss, None
+    return loss, torch.rsub(s, 1).mul_(loss).mul_(gamma).addcmul_(mod, s)
+
+
+class _FusedFocalSum(torch.autograd.Function):
+    """Σ α_t FL over index targets; forward also computes the gradient, backward scales it.
+
+    x: (N, K) logits (fp32/fp64); target: (N,) int64 in {0..K-1, BACKGROUND, IGNORE}.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, gamma: float, w_pos: float, w_neg: float) -> Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        row_weight = (target != IGNORE).to(x.dtype).mul_(w_neg)  # (N,): every entry first a negative
+        grad = torch.empty_like(x) if want_grad else None
+        total = x.new_zeros(())
+        # Chunks keep the temporaries in cache on a CPU; a GPU takes the whole tensor at once.
+        step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1])) if x.device.type == "cpu" else max(1, x.shape[0])
+        for start in range(0, x.shape[0], step):
+            stop = min(start + step, x.shape[0])
+            loss, g = _focal_and_grad(x[start:stop], gamma, want_grad)
+            total += loss.sum(1) @ row_weight[start:stop]
+            if want_grad:
+                torch.mul(g, row_weight[start:stop, None], out=grad[start:stop])
+        # Swap in the one positive entry of each foreground row: z = -x there (§3 notation).
+        rows = torch.nonzero(target >= 0).squeeze(1)
+        cols = target[rows]
+        x_pos = x[rows, cols]
+        as_negative, _ = _focal_and_grad(x_pos, gamma, False)
+        as_positive, g_pos = _focal_and_grad(-x_pos, gamma, want_grad)
+        total += w_pos * as_positive.sum() - w_neg * as_negative.sum()
+        if want_grad:
+            grad[rows, cols] = g_pos.mul_(-w_pos)  # d/dx = -d/dz
+            ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Optional[Tensor], None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -232,6 +310,7 @@ def focal_loss(
     alpha: Optional[float] = 0.25,
     reduction: str = "sum",
     check_values: bool = True,
+    fused: bool = True,
 ) -> Tensor:
     """Sigmoid focal loss FL(p_t) = -α_t (1 - p_t)^γ log(p_t) (paper eq. 5).
 
@@ -247,6 +326,10 @@ def focal_loss(
             entries; 0 when there are none).
         check_values: check for NaN/inf logits and out-of-range targets. This costs a
             device sync; a training loop that checks its loss can switch it off.
+        fused: for index targets with reduction "sum" or "mean", compute value and
+            closed-form gradient in one chunked pass (the default: several times faster than
+            autograd through the elementwise ops, and a fraction of their memory). False
+            takes the readable reference path; both give the same numbers up to rounding.
 
     Returns:
         The loss in the compute dtype (fp32 for half inputs): a scalar, or (..., K).
@@ -254,6 +337,14 @@ def focal_loss(
     gamma, alpha = _check_params(gamma, alpha, reduction)
     is_index = _check_tensors(logits, target, check_values)
     x = logits.to(_compute_dtype(logits))
+    if is_index and fused and reduction != "none":
+        num_classes = x.shape[-1]
+        w_pos, w_neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)  # α_t (§3.1)
+        flat_target = target.reshape(-1).long()
+        total = _FusedFocalSum.apply(x.reshape(-1, num_classes), flat_target, gamma, w_pos, w_neg)
+        if reduction == "sum":
+            return total
+        return total / ((flat_target != IGNORE).sum() * num_classes).clamp(min=1)
     if is_index:
         return _index_loss(x, target, partial(_focal_of_z, gamma=gamma), alpha, reduction)
     t = target.to(x.dtype)
@@ -270,13 +361,14 @@ def balanced_cross_entropy(
     alpha: Optional[float] = 0.75,
     reduction: str = "sum",
     check_values: bool = True,
+    fused: bool = True,
 ) -> Tensor:
     """α-balanced cross-entropy CE = -α_t log(p_t) (paper eq. 3): the focal loss at γ = 0.
 
     The default α = 0.75 is the best α-balanced CE of the paper's Table 1a (31.1 AP).
     Arguments as in :func:`focal_loss`.
     """
-    return focal_loss(logits, target, 0.0, alpha, reduction, check_values)
+    return focal_loss(logits, target, 0.0, alpha, reduction, check_values, fused)
 
 
 def focal_loss_star(
