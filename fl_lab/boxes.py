@@ -3,7 +3,8 @@
 Boxes are ``x1, y1, x2, y2`` in input-image pixels everywhere in fl_lab. IoU of two box
 sets, areas and NMS come from ``torchvision.ops`` (``box_iou``, ``box_area``,
 ``batched_nms``); this module adds only the batched IoU of padded ground truth against a
-shared anchor set, the box coder on any leading shape, and input validation.
+shared anchor set (and a broadcasting IoU under it), the box coder on any leading shape, and
+input validation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BoxCoder", "box_iou_batched", "check_boxes", "random_boxes"]
+__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "random_boxes"]
 
 
 class BoxCoder:
@@ -95,16 +96,25 @@ def box_iou_batched(boxes: Tensor, anchors: Tensor) -> Tensor:
         raise ValueError(
             f"box_iou_batched needs boxes (B, G, 4) and anchors (A, 4), got {tuple(boxes.shape)} and {tuple(anchors.shape)}"
         )
-    anchors = anchors.to(boxes.dtype)
-    b = boxes.unsqueeze(2)  # (B, G, 1, 4)
-    a = anchors  # (A, 4) broadcasts as (1, 1, A, 4)
-    # Width and height of the intersection, one coordinate at a time: no (B, G, A, 2) temporaries.
-    inter_w = (torch.minimum(b[..., 2], a[:, 2]) - torch.maximum(b[..., 0], a[:, 0])).clamp_(min=0)
-    inter_h = (torch.minimum(b[..., 3], a[:, 3]) - torch.maximum(b[..., 1], a[:, 1])).clamp_(min=0)
+    return box_iou_broadcast(boxes.unsqueeze(2), anchors)
+
+
+def box_iou_broadcast(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of boxes (..., 4) with boxes (..., 4) whose leading shapes broadcast.
+
+    (N, 1, 4) with (M, 4) gives the (N, M) matrix of ``torchvision.ops.box_iou``; (N, 4)
+    with (N, 4) the IoU of N pairs. The operations of ``box_iou`` in its order, so the values
+    are bit-identical to it; in the dtype of ``boxes1``.
+    """
+    # One contiguous tensor per coordinate: with strided columns (every 4th float) each
+    # broadcast op below is several times slower on a CPU. The copies are small next to the result.
+    x1, y1, x2, y2 = (c.contiguous() for c in boxes1.unbind(-1))
+    ax1, ay1, ax2, ay2 = (c.contiguous() for c in boxes2.to(boxes1.dtype).unbind(-1))
+    # Width and height of the intersection, one coordinate at a time: no (..., 2) temporaries.
+    inter_w = (torch.minimum(x2, ax2) - torch.maximum(x1, ax1)).clamp_(min=0)
+    inter_h = (torch.minimum(y2, ay2) - torch.maximum(y1, ay1)).clamp_(min=0)
     inter = inter_w.mul_(inter_h)
-    area_b = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (B, G)
-    area_a = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])  # (A,)
-    union = area_b.unsqueeze(2) + area_a - inter
+    union = ((x2 - x1) * (y2 - y1) + (ax2 - ax1) * (ay2 - ay1)).sub_(inter)
     return inter.div_(union)
 
 

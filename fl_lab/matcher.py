@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from .boxes import BoxCoder, box_iou_batched, check_boxes
+from .boxes import BoxCoder, box_iou_broadcast, check_boxes
 from .loss import BACKGROUND, IGNORE
 
 __all__ = ["AssignedTargets", "Matcher", "assign_targets", "pad_targets"]
@@ -67,16 +67,28 @@ class Matcher:
             return matches[0] if single else matches
         # Padded boxes get IoU -1: below every real IoU, so they never win the max below.
         iou = iou.masked_fill(~valid.unsqueeze(2), -1.0)
-        best_iou, matches = iou.max(dim=1)  # (B, A): best box for each anchor (first on ties)
-        all_matches = matches
-        matches = torch.where(best_iou < self.bg_iou, BACKGROUND, matches)
-        matches = torch.where((best_iou >= self.bg_iou) & (best_iou < self.fg_iou), IGNORE, matches)
+        best_iou, best_box = iou.max(dim=1)  # (B, A): best box for each anchor (first on ties)
+        best_anchor = None
         if self.allow_low_quality:
-            # Each box's best anchors (all ties) become foreground for the box they match best.
             best_per_gt = iou.amax(dim=2, keepdim=True)  # (B, G, 1)
-            is_best = (iou == best_per_gt) & valid.unsqueeze(2)
-            matches = torch.where(is_best.any(dim=1), all_matches, matches)
+            best_anchor = ((iou == best_per_gt) & valid.unsqueeze(2)).any(dim=1)
+        foreground, unmatched = self.rule(best_iou, best_anchor)
+        matches = torch.where(foreground, best_box, unmatched)
         return matches[0] if single else matches
+
+    def rule(self, best_iou: Tensor, best_anchor: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The three-way rule on each anchor's best IoU (any shape; -1 where there is no box).
+
+        best_anchor: bool, same shape — anchors that are some box's best anchor (all ties);
+        with ``allow_low_quality`` they are foreground, for the box *they* match best.
+        Returns ``foreground`` (bool) and ``unmatched`` (int64: BACKGROUND below bg_iou,
+        IGNORE otherwise; meaningful where not foreground).
+        """
+        foreground = best_iou >= self.fg_iou
+        if self.allow_low_quality and best_anchor is not None:
+            foreground = foreground | best_anchor
+        unmatched = torch.where(best_iou < self.bg_iou, BACKGROUND, IGNORE)
+        return foreground, unmatched
 
 
 @dataclass
@@ -145,6 +157,10 @@ def assign_targets(
     A box that overlaps no anchor at all — zero width or height, or lying wholly outside
     the anchors' reach — cannot be matched and is left out (it would otherwise make every
     anchor a "low-quality" match). Boxes reaching partly outside the image are fine.
+
+    The matches equal ``matcher(box_iou_batched(gt_boxes, anchors), usable)`` (usable: the
+    real boxes that overlap an anchor), but the (B, G, A) IoU matrix is never made: see
+    :func:`_best_ious`.
     """
     matcher = matcher or Matcher()
     box_coder = box_coder or BoxCoder()
@@ -165,16 +181,70 @@ def assign_targets(
         limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
         raise ValueError(f"gt_labels holds class {bad}; classes must be {limit}")
 
-    iou = box_iou_batched(gt_boxes, anchors)  # (B, G, A)
-    usable = gt_valid & (iou.amax(dim=2) > 0) if iou.shape[2] else gt_valid
-    matches = matcher(iou, usable)  # (B, A)
+    batch, num_anchors = gt_boxes.shape[0], anchors.shape[0]
+    image, slot = torch.nonzero(gt_valid, as_tuple=True)  # the real boxes, (N,) each
+    per_anchor, per_box, pair_box, pair_anchor = _best_ious(gt_boxes[image, slot], image, batch, anchors)
+    usable = torch.zeros_like(gt_valid)
+    usable[image, slot] = per_box > 0
+    # An image whose boxes all miss every anchor has no box to match, like an image without boxes.
+    per_anchor = torch.where(usable.any(dim=1, keepdim=True), per_anchor, -1.0)
+    best_anchor = torch.zeros(batch, num_anchors, dtype=torch.bool, device=anchors.device)
+    best_anchor[image[pair_box], pair_anchor] = True
+    foreground, matches = matcher.rule(per_anchor, best_anchor)
 
-    foreground = matches >= 0
-    if gt_labels.shape[1]:
-        labels = torch.where(foreground, torch.gather(gt_labels.long(), 1, matches.clamp(min=0)), matches)
-    else:  # no image of the batch has a box: nothing to gather from, every anchor is background
-        labels = matches
+    # The matched box of a foreground anchor: its best usable box, the first on ties (as in
+    # Matcher). Only these few anchors need the box's index, so their IoU is computed again.
+    img, anc = torch.nonzero(foreground, as_tuple=True)  # (F,) each
+    box = torch.zeros_like(img)
+    if gt_boxes.shape[1]:  # else no image has a box and no anchor is foreground
+        iou = box_iou_broadcast(gt_boxes[img], anchors[anc].unsqueeze(1))  # (F, G)
+        box = iou.masked_fill_(~usable[img], -1.0).max(dim=1).indices
+    matches[img, anc] = box
+    labels = matches.clone()
+    labels[img, anc] = gt_labels[img, box].long()
     box_targets = torch.zeros(*matches.shape, 4, dtype=gt_boxes.dtype, device=gt_boxes.device)
-    img, anc = torch.nonzero(foreground, as_tuple=True)
-    box_targets[img, anc] = box_coder.encode(gt_boxes[img, matches[img, anc]], anchors[anc])
+    box_targets[img, anc] = box_coder.encode(gt_boxes[img, box], anchors[anc])
     return AssignedTargets(labels=labels, matches=matches, box_targets=box_targets)
+
+
+#: On a CPU, IoU is computed for this many (box, anchor) pairs at a time (~1.5 MB in fp32).
+_CPU_CHUNK = 400_000
+
+
+def _best_ious(boxes: Tensor, image: Tensor, num_images: int, anchors: Tensor) -> tuple[Tensor, ...]:
+    """What the matching rule needs from the IoU of every box with every anchor of its image.
+
+    boxes: (N, 4) the batch's real boxes; image: (N,) the image of each; anchors: (A, 4).
+    Returns
+        per_anchor (num_images, A): each anchor's best IoU with a box of its image (-1 if none);
+        per_box (N,): each box's best IoU with an anchor;
+        pair_box, pair_anchor (P,): the (box, anchor) pairs where that best IoU is reached, if
+        > 0 — every box's best anchors, all ties.
+
+    The (N, A) IoU matrix is never stored: on a CPU it is computed a slice of anchors at a
+    time, so each slice stays in the cache through the dozen operations that make and reduce
+    it (the whole matrix, 123 MB for 400 boxes × 76,725 anchors, would go through main memory
+    each time). Only real boxes are involved, no padding. On a GPU one slice holds them all.
+    """
+    num_boxes, num_anchors = len(boxes), len(anchors)
+    on_cpu = anchors.device.type == "cpu"
+    chunk = max(1, _CPU_CHUNK // max(num_boxes, 1)) if on_cpu else max(num_anchors, 1)
+    per_box = boxes.new_zeros(num_boxes)
+    # Empty first pieces: no anchors at all (A = 0) needs no special case.
+    no_index = torch.zeros(0, dtype=torch.long, device=boxes.device)
+    per_anchor, pairs = [boxes.new_full((num_images, 0), -1.0)], [(no_index, no_index, boxes.new_zeros(0))]
+    for start in range(0, num_anchors, chunk):
+        iou = box_iou_broadcast(boxes.unsqueeze(1), anchors[start : start + chunk])  # (N, c)
+        image_best = torch.full((num_images, iou.shape[1]), -1.0, dtype=iou.dtype, device=iou.device)
+        per_anchor.append(image_best.scatter_reduce_(0, image.unsqueeze(1).expand_as(iou), iou, "amax"))
+        best = iou.amax(dim=1)  # (N,) each box's best in this slice
+        # A box's best anchors can only be in a slice where it does at least as well as in the
+        # slices before (and > 0: a box that misses the slice would tie with all of it). These
+        # are candidates; those short of the box's overall best are dropped at the end.
+        rows = torch.nonzero((best >= per_box) & (best > 0)).squeeze(1)
+        row, anchor = torch.nonzero(iou[rows] == best[rows].unsqueeze(1), as_tuple=True)
+        pairs.append((rows[row], anchor + start, best[rows[row]]))
+        per_box = torch.maximum(per_box, best)
+    box, anchor, value = (torch.cat(t) for t in zip(*pairs))
+    keep = value == per_box[box]
+    return torch.cat(per_anchor, dim=1), per_box, box[keep], anchor[keep]
