@@ -1,0 +1,254 @@
+"""Training-step speed: fl_lab's RetinaNet against torchvision's, one optimiser step at a time.
+
+A step is forward + loss + backward + SGD (momentum 0.9, weight decay 1e-4), the work of one
+iteration of :func:`fl_lab.train.train` without the data loading. Both models get the same
+architecture (ResNet, torchvision's fixed 256-channel FPN and 4-conv heads without norm, as
+``bench_config`` sets them), the same seed, precision and input batch (Shapes images and
+their boxes). fl_lab's side is :func:`fl_lab.train.build_model` with the training loop's
+loss (``Config.loss_kwargs()``); torchvision's is its RetinaNet behind
+:class:`TorchvisionAdapter`, computing its own matching and loss (``head.compute_loss``) on
+the same tensors (its resize/normalise transform is skipped). Each library keeps its
+recipe's P6: from C5 (fl_lab, the paper) or P5 (torchvision).
+
+    python bench/train_step.py                    # CPU: ResNet-18, batch 4, 256 and 320 px
+    python bench/train_step.py --device cuda      # GPU: ResNet-50, 640 px, batch 16; fp32, bf16, channels_last
+    python bench/train_step.py --quick            # 128 px, batch 2: seconds
+
+FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
+matrix products of forward and backward); MFU divides them by the step time and a peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from fl_lab.data import Batch, Shapes, collate
+from fl_lab.train import build_model, sgd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, device_from, format_table, machine, median_ms, ratio, sync, write_json  # noqa: E402
+from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision  # noqa: E402
+
+#: H100 SXM dense peaks in TFLOP/s. cuDNN runs fp32 convolutions as TF32 unless that is switched
+#: off (torch.backends.cudnn.allow_tf32, on by default), so TF32's peak is fp32's default.
+H100_PEAK_TFLOPS = {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0}
+MODELS = ("fl_lab", "torchvision")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a model size, an input batch and a precision."""
+
+    backbone: str
+    image_size: int
+    batch_size: int
+    bf16: bool = False
+    channels_last: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def name(self) -> str:
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.backbone} {self.image_size}px b{self.batch_size} {self.precision}{layout}"
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    """The rows measured on ``device``: tiny with ``quick``; else ResNet-18 on a CPU, ResNet-50 on a GPU."""
+    if quick:
+        return [Case("resnet18", 128, 2)]
+    if device.type == "cpu":
+        return [Case("resnet18", 256, 4), Case("resnet18", 320, 4)]
+    return [Case("resnet50", 640, 16), Case("resnet50", 640, 16, bf16=True),
+            Case("resnet50", 640, 16, bf16=True, channels_last=True)]
+
+
+@dataclass
+class Contender:
+    """A model in train mode, its SGD optimiser and the keyword arguments of its ``loss``."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_kwargs: dict
+
+
+def contenders(case: Case, device: torch.device) -> tuple[Batch, dict[str, Contender]]:
+    """The shared input batch (B Shapes images on ``device``) and both models, built from one seed."""
+    config = bench_config("gpu" if device.type == "cuda" else "cpu-fast", backbone=case.backbone,
+                          image_size=case.image_size, batch_size=case.batch_size)
+    data = Shapes(case.batch_size, image_size=case.image_size, num_classes=config.num_classes, seed=config.seed,
+                  max_objects=config.max_objects, min_size=config.min_object_size)
+    # Pad to 32 (C5's stride), not collate's default 128, so that 320 px stays 320 px. fl_lab's grids
+    # need no more; torchvision then infers P7's stride as 320 // 3 = 106 for its anchors, which
+    # changes their positions, not the work.
+    batch = collate([data[i] for i in range(case.batch_size)], size_divisible=32).to(device)
+    models = {"fl_lab": build_model(config, data.num_classes),
+              "torchvision": TorchvisionAdapter(build_torchvision(data.num_classes, config.backbone, config.seed))}
+    if case.channels_last:
+        batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
+    out = {}
+    for name, model in models.items():
+        model = model.to(device, memory_format=torch.channels_last if case.channels_last else torch.preserve_format)
+        model.train()
+        out[name] = Contender(model, sgd(model, config.lr, config.momentum, config.weight_decay),
+                              config.loss_kwargs() if name == "fl_lab" else {})
+    return batch, out
+
+
+def train_step(contender: Contender, batch: Batch, bf16: bool) -> Tensor:
+    """One iteration as :func:`fl_lab.train.train` runs it; returns the total loss (a detached scalar).
+
+    The forward pass runs under autocast, the loss outside it (as the training loop does).
+    """
+    model, optimizer = contender.model, contender.optimizer
+    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = model(batch.images)
+    losses = model.loss(output, batch.targets, **contender.loss_kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    return losses["total"].detach()
+
+
+def step_flops(contender: Contender, batch: Batch, bf16: bool) -> int:
+    """FLOPs of one training step (forward and backward); the step it counts is a real one."""
+    with FlopCounterMode(display=False) as counter:
+        train_step(contender, batch, bf16)
+    return counter.get_total_flops()
+
+
+def profile_step(contender: Contender, batch: Batch, bf16: bool, rows: int = 12) -> str:
+    """torch.profiler's table of the operators that take longest (self time) in one training step."""
+    device = batch.images.device
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        train_step(contender, batch, bf16)
+        sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def peaks_and_note(device: torch.device, given: list[tuple[Optional[str], float]]) -> tuple[dict, str]:
+    """Peak TFLOP/s per precision ("fp32", "bf16"; None: no MFU) and a line saying where they come from.
+
+    Defaults: an H100 SXM's on CUDA, none on a CPU; ``given``: --peak-tflops, (precision or None for all, TFLOP/s).
+    """
+    tf32 = torch.backends.cudnn.allow_tf32
+    peaks = {"fp32": H100_PEAK_TFLOPS["tf32" if tf32 else "fp32"], "bf16": H100_PEAK_TFLOPS["bf16"]} \
+        if device.type == "cuda" else {"fp32": None, "bf16": None}
+    for name, tflops in given:
+        peaks.update({name: tflops} if name else dict.fromkeys(peaks, tflops))
+    if not any(peaks.values()):
+        return peaks, "MFU: no peak known for a CPU (pass --peak-tflops)"
+    note = "MFU peaks (TFLOP/s): " + ", ".join(f"{k} {v:g}" for k, v in peaks.items() if v)
+    if not given:
+        note += f" (an H100 SXM's dense figures, fp32 {'as TF32' if tf32 else 'without TF32'}; " \
+                "pass --peak-tflops for another card)"
+    return peaks, note
+
+
+def measure(case: Case, device: torch.device, repeats: int, peak_tflops: Optional[float],
+            profiled: bool = False) -> dict:
+    """Time both models on ``case``; one row of the payload. ``profiled``: also print a profile of each."""
+    batch, both = contenders(case, device)
+    flops = {name: step_flops(c, batch, case.bf16) for name, c in both.items()}  # also a first warm-up step
+    for c in both.values():  # two more untimed steps each: allocator, oneDNN/cuDNN plans, anchor caches
+        for _ in range(2):
+            train_step(c, batch, case.bf16)
+    # Interleaved, one step at a time, so that load changes on a shared machine hit both alike.
+    times: dict[str, list[float]] = {name: [] for name in MODELS}
+    for _ in range(repeats):
+        for name, c in both.items():
+            times[name].append(median_ms(lambda: train_step(c, batch, case.bf16), device, repeats=1, warmup=0))
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    if profiled:
+        for name, c in both.items():
+            print(f"{name}, {case.name}:\n{profile_step(c, batch, case.bf16)}")
+    row = {"case": case.name, **dataclasses.asdict(case), "precision": case.precision, "peak_tflops": peak_tflops}
+    for name in MODELS:
+        row[f"{name}_ms"] = ms[name]
+        row[f"{name}_images_per_s"] = 1e3 * case.batch_size / ms[name]
+        row[f"{name}_gflop"] = flops[name] / 1e9
+        row[f"{name}_mfu"] = flops[name] / (ms[name] / 1e3) / (peak_tflops * 1e12) if peak_tflops else None
+    row["speedup"] = ratio(ms["fl_lab"], ms["torchvision"])
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """The printed table: one line per case, both models side by side."""
+    headers = ("case", "fl_lab ms/step", "torchvision ms/step", "speed-up", "fl_lab img/s", "torchvision img/s",
+               "fl_lab GFLOP/step", "torchvision GFLOP/step", "fl_lab MFU %", "torchvision MFU %")
+    percent = lambda v: None if v is None else 100 * v
+    return format_table(headers, [
+        (r["case"], r["fl_lab_ms"], r["torchvision_ms"], r["speedup"], r["fl_lab_images_per_s"],
+         r["torchvision_images_per_s"], r["fl_lab_gflop"], r["torchvision_gflop"], percent(r["fl_lab_mfu"]),
+         percent(r["torchvision_mfu"]))
+        for r in rows])
+
+
+def _peak_option(text: str) -> tuple[Optional[str], float]:
+    """``989`` (every precision) or ``bf16=989`` / ``fp32=494``."""
+    name, _, value = text.rpartition("=")
+    if name not in ("", "fp32", "bf16"):
+        raise argparse.ArgumentTypeError(f"expected TFLOPS, bf16=TFLOPS or fp32=TFLOPS, got {text!r}")
+    try:
+        tflops = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not (math.isfinite(tflops) and tflops > 0):
+        raise argparse.ArgumentTypeError(f"a peak must be positive, got {value!r}")
+    return name or None, tflops
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/train_step.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when present (default)")
+    parser.add_argument("--quick", action="store_true", help="one tiny case (128 px, batch 2, ResNet-18)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per model and case (default 7)")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for train_step_<device>.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's busiest operators per model and case")
+    parser.add_argument("--peak-tflops", type=_peak_option, action="append", default=[], metavar="[PREC=]TFLOPS",
+                        help="peak for MFU, for every precision or one (bf16=…, fp32=…); repeatable. Default on "
+                             "CUDA: H100 SXM dense, bf16 989, fp32 494 (TF32; 67 with cuDNN's TF32 off); none on CPU")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    """Measure every case, print the table and write the JSON; returns the payload ("rows", "table", …)."""
+    args = _parser().parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    device = device_from(args.device)
+    peaks, peak_note = peaks_and_note(device, args.peak_tflops)
+    print(machine(device))
+    rows = [measure(case, device, args.repeats, peaks[case.precision], args.profile)
+            for case in cases(device, args.quick)]
+    # The footnote belongs to the table: run_all.py quotes "table" on its own.
+    text = (f"{table(rows)}\nmedian of {args.repeats} interleaved steps; speed-up = torchvision / fl_lab time. "
+            f"{peak_note}")
+    print(text)
+    payload = {"device": str(device), "quick": args.quick, "repeats": args.repeats, "peaks_tflops": peaks,
+               "table": text, "rows": rows}
+    write_json("train_step", device, payload, results=Path(args.results))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
