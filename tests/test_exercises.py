@@ -1,0 +1,389 @@
+"""The exercise checks: every solution passes, every known mistake gets its own message."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from fl_lab import exercises as ex
+from fl_lab.exercises import solutions
+from fl_lab.loss import balanced_cross_entropy
+
+CHECKS = {
+    "focal_loss": ex.check_focal_loss,
+    "p_t_alpha_t": ex.check_p_t_alpha_t,
+    "anchors_at": ex.check_anchors_at,
+    "match": ex.check_match,
+    "prior_bias": ex.check_prior_bias,
+    "normalised_loss": ex.check_normalised_loss,
+    "loss_cdf": ex.check_loss_cdf,
+    "ohem_select": ex.check_ohem_select,
+}
+
+
+def assert_caught(feedback: ex.Feedback, keyword: str) -> None:
+    assert not feedback.passed
+    assert keyword in feedback.message, feedback.message
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_the_solution_passes(name):
+    feedback = CHECKS[name](getattr(solutions, name))
+    assert feedback.passed, feedback.message
+    assert feedback.message.startswith("Correct")
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_a_stub_is_not_written_yet(name):
+    def stub(*args):
+        raise NotImplementedError  # your code here
+
+    assert_caught(CHECKS[name](stub), "Not written yet")
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_another_exception_is_named(name):
+    def buggy(*args):
+        return {}["oops"]
+
+    assert_caught(CHECKS[name](buggy), "raised KeyError")
+
+
+def test_a_result_instead_of_a_function():
+    assert_caught(ex.check_focal_loss(torch.tensor(1.0)), "Pass your function itself")
+
+
+def test_feedback_reads_well():
+    good, bad = ex.Feedback(True, "Correct."), ex.Feedback(False, "Not yet.")
+    assert str(good) == repr(good) == "✓ Correct." and str(bad) == "✗ Not yet."
+    assert bad._repr_markdown_() == "**✗** Not yet."
+
+
+# Lesson 1: focal loss -------------------------------------------------------------------
+def log_p_t(x, t):
+    return torch.where(t == 1, F.logsigmoid(x), F.logsigmoid(-x))
+
+
+def alpha_t(t, alpha):
+    return torch.where(t == 1, alpha, 1 - alpha)
+
+
+def fl_alpha_on_negatives(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-alpha_t(t, 1 - alpha) * (1 - lp.exp()) ** gamma * lp).sum()
+
+
+def fl_no_alpha(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-((1 - lp.exp()) ** gamma) * lp).sum()
+
+
+def fl_gamma_on_p_t(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-alpha_t(t, alpha) * lp.exp() ** gamma * lp).sum()
+
+
+def fl_gamma_on_p(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-alpha_t(t, alpha) * (1 - torch.sigmoid(x)) ** gamma * lp).sum()
+
+
+def fl_detached(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-alpha_t(t, alpha) * (1 - lp.exp()).detach() ** gamma * lp).sum()
+
+
+def fl_mean(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (-alpha_t(t, alpha) * (1 - lp.exp()) ** gamma * lp).mean()
+
+
+def fl_no_minus(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return (alpha_t(t, alpha) * (1 - lp.exp()) ** gamma * lp).sum()
+
+
+def fl_log_of_sigmoid(x, t, gamma, alpha):
+    p = torch.sigmoid(x)
+    p_t = torch.where(t == 1, p, 1 - p)
+    return (-alpha_t(t, alpha) * (1 - p_t) ** gamma * torch.log(p_t)).sum()
+
+
+def fl_clamped(x, t, gamma, alpha):
+    p = torch.sigmoid(x).clamp(1e-7, 1 - 1e-7)
+    p_t = torch.where(t == 1, p, 1 - p)
+    return (-alpha_t(t, alpha) * (1 - p_t) ** gamma * torch.log(p_t)).sum()
+
+
+def fl_item(x, t, gamma, alpha):
+    return solutions.focal_loss(x, t, gamma, alpha).item()
+
+
+def fl_not_summed(x, t, gamma, alpha):
+    lp = log_p_t(x, t)
+    return -alpha_t(t, alpha) * (1 - lp.exp()) ** gamma * lp
+
+
+def fl_no_graph(x, t, gamma, alpha):
+    with torch.no_grad():
+        return solutions.focal_loss(x, t, gamma, alpha)
+
+
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (fl_alpha_on_negatives, "weights the negatives by α"),
+        (fl_no_alpha, "leaves out α_t"),
+        (fl_gamma_on_p_t, "is p_t^γ"),
+        (fl_gamma_on_p, "applies γ to 1 − p"),
+        (fl_detached, "wrong gradient"),
+        (fl_mean, "averaged"),
+        (fl_no_minus, "is negative"),
+        (fl_log_of_sigmoid, "NaN or inf at large ones"),
+        (fl_clamped, "clamped"),
+        (fl_item, "not a Python number"),
+        (fl_not_summed, "with shape ()"),
+        (fl_no_graph, "has no gradient"),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_focal_loss_mistakes(wrong, keyword):
+    assert_caught(ex.check_focal_loss(wrong), keyword)
+
+
+def test_torchvision_focal_loss_passes():
+    """Another correct formulation (probabilities in the factor, CE from logits) is accepted."""
+
+    def from_torchvision(x, t, gamma, alpha):
+        return torchvision.ops.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="sum")
+
+    assert ex.check_focal_loss(from_torchvision).passed
+
+
+def test_p_t_reference_agrees_with_the_kit():
+    x, t = torch.randn(8, 3), (torch.rand(8, 3) < 0.3).float()
+    p_t, a_t = ex._reference_p_t_alpha_t(x, t, 0.25)
+    ce = balanced_cross_entropy(x, t, alpha=0.25, reduction="none")
+    torch.testing.assert_close(-a_t * torch.log(p_t), ce)
+
+
+def p_t_variant(x, t, alpha, p_t_pos="p", alpha_pos="alpha", order="p first"):
+    p, pos = torch.sigmoid(x), t == 1
+    p_t = {"p": torch.where(pos, p, 1 - p), "1-p": torch.where(pos, 1 - p, p), "p everywhere": p}[p_t_pos]
+    a_t = {"alpha": torch.where(pos, alpha, 1 - alpha), "1-alpha": torch.where(pos, 1 - alpha, alpha),
+           "alpha everywhere": torch.full_like(p, alpha)}[alpha_pos]
+    return (p_t, a_t) if order == "p first" else (a_t, p_t)
+
+
+@pytest.mark.parametrize(
+    "mistake, keyword",
+    [
+        (dict(p_t_pos="1-p", alpha_pos="1-alpha"), "Both are swapped"),
+        (dict(p_t_pos="1-p"), "Your p_t is swapped"),
+        (dict(alpha_pos="1-alpha"), "Your α_t is swapped"),
+        (dict(p_t_pos="p everywhere"), "p_t equals p everywhere"),
+        (dict(alpha_pos="alpha everywhere"), "α_t equals α everywhere"),
+        (dict(order="alpha first"), "wrong order"),
+    ],
+    ids=str,
+)
+def test_p_t_alpha_t_mistakes(mistake, keyword):
+    assert_caught(ex.check_p_t_alpha_t(partial(p_t_variant, **mistake)), keyword)
+
+
+def test_p_t_alpha_t_must_return_a_pair():
+    assert_caught(ex.check_p_t_alpha_t(lambda x, t, alpha: torch.sigmoid(x)), "Return a pair")
+
+
+# Lesson 2: anchors and matching -----------------------------------------------------------
+def anchors(x, y, stride, size, offset=0.0, scale_major=False, wh_swapped=False, corners=True, half=2,
+            scales=(1, 2 ** (1 / 3), 2 ** (2 / 3)), swap_xy=False):
+    """A learner's anchors, with one mistake switched on by a keyword."""
+    col, row = (y, x) if swap_xy else (x, y)
+    cx, cy = (col + offset) * stride, (row + offset) * stride
+    pairs = [(r, s) for r in (0.5, 1.0, 2.0) for s in scales]
+    if scale_major:
+        pairs = [(r, s) for s in scales for r in (0.5, 1.0, 2.0)]
+    boxes = []
+    for r, s in pairs:
+        w, h = size * s / math.sqrt(r), size * s * math.sqrt(r)
+        if wh_swapped:
+            w, h = h, w
+        boxes.append([cx - w / half, cy - h / half, cx + w / half, cy + h / half] if corners else [cx, cy, w, h])
+    return torch.tensor(boxes)
+
+
+@pytest.mark.parametrize(
+    "mistake, keyword",
+    [
+        (dict(offset=0.5), "half a stride off"),
+        (dict(swap_xy=True), "mirrored cell"),
+        (dict(corners=False), "not centre and size"),
+        (dict(half=1), "twice too big"),
+        (dict(scale_major=True), "nested the wrong way"),
+        (dict(wh_swapped=True), "width and height are swapped"),
+        (dict(scales=(2 ** (2 / 3), 2 ** (1 / 3), 1)), "Right boxes, wrong order"),
+    ],
+    ids=str,
+)
+def test_anchors_at_mistakes(mistake, keyword):
+    assert_caught(ex.check_anchors_at(partial(anchors, **mistake)), keyword)
+
+
+def test_anchors_at_shape():
+    assert_caught(ex.check_anchors_at(lambda x, y, stride, size: anchors(x, y, stride, size)[:3]), "shape (9, 4)")
+
+
+def matcher(iou, fg=lambda v: v >= 0.5, bg=lambda v: v < 0.4, background=-1, ignore=-2, last_on_ties=False):
+    """A learner's matcher, with one mistake switched on by a keyword."""
+    if last_on_ties:
+        best, idx = iou.flip(0).max(dim=0)
+        idx = iou.shape[0] - 1 - idx
+    else:
+        best, idx = iou.max(dim=0)
+    out = torch.full_like(idx, ignore)
+    out[fg(best)] = idx[fg(best)]
+    out[bg(best)] = background
+    return out
+
+
+@pytest.mark.parametrize(
+    "mistake, keyword",
+    [
+        (dict(bg=lambda v: v < 0.5), "no ignore band"),
+        (dict(fg=lambda v: v > 0.5), "exactly 0.5 is foreground"),
+        (dict(bg=lambda v: v <= 0.4), "exactly 0.4 is ignored"),
+        (dict(background=-2, ignore=-1), "swapped"),
+        (dict(last_on_ties=True), "first box"),
+    ],
+    ids=["no ignore band", "fg exclusive", "bg inclusive", "codes swapped", "last on ties"],
+)
+def test_match_mistakes(mistake, keyword):
+    assert_caught(ex.check_match(partial(matcher, **mistake)), keyword)
+
+
+def test_match_output_form():
+    assert_caught(ex.check_match(lambda iou: iou.max(dim=1).indices), "one entry per anchor")
+    assert_caught(ex.check_match(lambda iou: iou.max(dim=0).values), "integer dtype")
+
+
+# Lesson 3: prior -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (lambda pi: math.log((1 - pi) / pi), "wrong sign"),
+        (lambda pi: -math.log(pi / (1 - pi)), "wrong sign"),  # π and 1 − π swapped: the same number
+        (lambda pi: math.log(pi), "log π is close"),
+        (lambda pi: -math.log10((1 - pi) / pi), "natural logarithm"),
+        (lambda pi: -(1 - pi) / pi, "Take the logarithm"),
+        (lambda pi: torch.tensor([pi, pi]), "one number"),
+        (lambda pi: None, "forget `return`"),
+    ],
+    ids=["sign", "swapped", "log pi", "log10", "no log", "tensor", "None"],
+)
+def test_prior_bias_mistakes(wrong, keyword):
+    assert_caught(ex.check_prior_bias(wrong), keyword)
+
+
+def test_prior_bias_may_return_a_tensor():
+    assert ex.check_prior_bias(lambda pi: -torch.log(torch.tensor((1 - pi) / pi))).passed
+
+
+# Lesson 4: normaliser --------------------------------------------------------------------
+def divided(cls, box, labels, count, clamp=True, box_too=True):
+    n = count(labels).clamp(min=1) if clamp else count(labels)
+    return cls / n + (box / n if box_too else box)
+
+
+@pytest.mark.parametrize(
+    "mistake, keyword",
+    [
+        (dict(count=lambda labels: torch.tensor(labels.numel())), "divide by all anchors"),
+        (dict(count=lambda labels: (labels != -2).sum()), "count background anchors"),
+        (dict(count=lambda labels: (labels != -1).sum()), "count ignored anchors"),
+        (dict(count=lambda labels: (labels > 0).sum()), "Class 0 is an object"),
+        (dict(count=lambda labels: (labels >= 0).sum(), box_too=False), "box loss"),
+        (dict(count=lambda labels: (labels >= 0).sum(), clamp=False), "max(1, count)"),
+    ],
+    ids=["all anchors", "non-ignored", "ignored counted", "class 0", "box", "no max(1)"],
+)
+def test_normalised_loss_mistakes(mistake, keyword):
+    assert_caught(ex.check_normalised_loss(partial(divided, **mistake)), keyword)
+
+
+def test_normalised_loss_keeps_its_gradient():
+    as_float = lambda c, b, y: solutions.normalised_loss(c, b, y).item()  # noqa: E731
+    assert_caught(ex.check_normalised_loss(as_float), "not a Python number")
+
+
+# Lesson 5: CDF ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (lambda l: torch.sort(l, descending=True).values.cumsum(0) / l.sum(), "ascending"),
+        (lambda l: torch.sort(l).values.cumsum(0), "Divide by the total loss, so"),
+        (lambda l: torch.sort(l).values.cumsum(0) / l.numel(), "not by the number of samples"),
+        (lambda l: (l / l.sum()).cumsum(0), "Sort the losses"),
+        (lambda l: torch.sort(l).values / l.sum(), "cumulative sum"),
+        (lambda l: l.sum(), "shape"),
+    ],
+    ids=["descending", "not normalised", "by n", "unsorted", "no cumsum", "shape"],
+)
+def test_loss_cdf_mistakes(wrong, keyword):
+    assert_caught(ex.check_loss_cdf(wrong), keyword)
+
+
+# Lesson 6: OHEM --------------------------------------------------------------------------
+def hardest(losses, labels, batch_size, largest=True, skip_ignored=True, drop_padding=True):
+    """A learner's per-image selection, looping over images, with one mistake switched on."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for i in range(len(losses)):
+        candidates = torch.nonzero(labels[i] != -2).squeeze(1) if skip_ignored else torch.arange(labels.shape[1])
+        if not drop_padding:  # rank the ignored last but still take batch_size
+            candidates = torch.cat((candidates, torch.nonzero(labels[i] == -2).squeeze(1)))
+            ranked = torch.where(labels[i, candidates] == -2, -math.inf, losses[i, candidates])
+            order = torch.argsort(ranked, descending=True)
+        else:
+            order = torch.argsort(losses[i, candidates], descending=largest)
+        mask[i, candidates[order[:batch_size]]] = True
+    return mask
+
+
+def hardest_of_batch(losses, labels, batch_size, per_image_budget=True):
+    k = batch_size * len(losses) if per_image_budget else batch_size
+    flat = torch.where(labels != -2, losses, -math.inf).flatten()
+    chosen = torch.argsort(flat, descending=True)[:k]
+    mask = torch.zeros(flat.shape, dtype=torch.bool)
+    mask[chosen] = True
+    return mask.view_as(labels) & (labels != -2)
+
+
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (partial(hardest, largest=False), "lowest losses"),
+        (hardest_of_batch, "each image separately"),
+        (partial(hardest_of_batch, per_image_budget=False), "each image separately"),
+        (partial(hardest, skip_ignored=False), "must never be selected"),
+        (partial(hardest, drop_padding=False), "fills up with ignored"),
+        (lambda losses, labels, b: hardest(losses, labels, b).long(), "torch.bool"),
+        (lambda losses, labels, b: losses.topk(min(b, losses.shape[1]), dim=1).indices, "shape"),
+    ],
+    ids=["lowest", "across batch", "across batch, batch_size in all", "ignored", "filled", "dtype", "indices"],
+)
+def test_ohem_select_mistakes(wrong, keyword):
+    assert_caught(ex.check_ohem_select(wrong), keyword)
+
+
+def test_ohem_select_accepts_any_choice_among_ties():
+    """The learner's loop breaks ties by argsort, the reference by topk: both are right."""
+    assert ex.check_ohem_select(hardest).passed
+
+
+def test_an_unknown_mistake_gets_the_values():
+    feedback = ex.check_prior_bias(lambda pi: 1.0)
+    assert_caught(feedback, "Not quite")
+    assert "π = 0.01" in feedback.message and "-4.5951" in feedback.message
