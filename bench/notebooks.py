@@ -5,6 +5,8 @@ the project's nbval settings from pyproject.toml), so a time includes pytest's a
 kernel's start-up (a few seconds) — what a contributor waits for. ``--make-test`` also
 times the full ``make test`` command line (unit tests + every notebook) from the warm
 ``.venv``. Targets (issue 7): each notebook < 3 min, the nbval suite < 10 min on 2 cores.
+Lesson 6 reads back finished runs it finds in ``runs/lesson06``: for the times a clean
+clone (CI) sees, remove ``runs/`` first.
 
     python bench/notebooks.py [--make-test] [notebooks/01_*.ipynb ...]
 """
