@@ -186,7 +186,9 @@ def train(
     """Train ``model`` and return one dict of numbers per step run.
 
     Args:
-        model: a :class:`fl_lab.model.RetinaNet`, or one wrapped in DistributedDataParallel.
+        model: a :class:`fl_lab.model.RetinaNet` (or a model with its interface: ``forward``
+            returning a tuple of tensors, ``loss`` — e.g. :class:`fl_lab.compare.TorchvisionDetector`),
+            or one wrapped in DistributedDataParallel.
         batches: :class:`fl_lab.data.transforms.Batch` objects, starting at the first step
             to run (e.g. a DataLoader with ``collate_fn=collate``); restarted when exhausted.
         steps, lr, warmup, momentum, weight_decay: the schedule (see :func:`lr_multiplier`).
@@ -243,7 +245,7 @@ def train(
         batch = next(stream).to(device, non_blocking=True)
         with autocast():
             output = model(batch.images)
-        if not bool(torch.isfinite(output.cls_logits).all() and torch.isfinite(output.box_deltas).all()):
+        if not all(bool(torch.isfinite(t).all()) for t in output if isinstance(t, torch.Tensor) and t.is_floating_point()):
             raise Diverged(_diverged_message(step, "the model's outputs", out), history)
         losses = core.loss(output, batch.targets, **(loss_kwargs or {}))
         if not math.isfinite(losses["total"].item()):

@@ -1,0 +1,113 @@
+"""fl_lab.compare: torchvision's detectors behind fl_lab's interface, trained by fl_lab's loop,
+scored by fl_lab's evaluation; and the inference timer."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fl_lab.compare import DETECTORS, ImagesOnly, TorchvisionDetector, build_torchvision_detector, inference_ms_per_image
+from fl_lab.data import Shapes, collate
+from fl_lab.evaluate import evaluate, predict
+from fl_lab.model import RetinaNet
+from fl_lab.train import train
+
+torch.set_grad_enabled(True)
+SIZE, K = 128, 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    return Shapes(8, image_size=SIZE, num_classes=K, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["faster_rcnn", "ssdlite"])
+def test_detector_trains_with_fl_lab_loop_and_is_scored_by_fl_lab_evaluation(kind, data):
+    torch.manual_seed(0)
+    detector = TorchvisionDetector(build_torchvision_detector(kind, K, SIZE))
+    loader = DataLoader(data, batch_size=4, collate_fn=collate)
+    history = train(detector, loader, steps=2, lr=0.001, warmup=0, progress=False, device="cpu")
+    assert len(history) == 2 and all(math.isfinite(row["total"]) and row["cls"] > 0 for row in history)
+    # The documented detection format, in fl_lab's label space and the image's pixels.
+    detections = predict(detector, data, batch_size=4, progress=False, score_thresh=0.0)
+    assert [d["image_id"] for d in detections] == [int(data[i][1]["image_id"]) for i in range(len(data))]
+    for det in detections:
+        assert det["boxes"].dtype == torch.float32 and det["boxes"].shape == (len(det["scores"]), 4)
+        assert det["labels"].dtype == torch.int64 and len(det["labels"]) == len(det["scores"])
+        if len(det["labels"]):
+            assert det["labels"].min() >= 0 and det["labels"].max() < K  # torchvision's background removed
+            assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE  # clipped to the image
+            assert bool((det["scores"][:-1] >= det["scores"][1:]).all())
+    metrics = evaluate(detector, data, batch_size=4, progress=False)
+    assert set(metrics) >= {"AP", "AP50", "AP75"} and all(0.0 <= metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+
+
+def test_detections_equal_torchvision_own_output_shifted(data):
+    torch.manual_seed(0)
+    tv = build_torchvision_detector("faster_rcnn", K, SIZE).eval()
+    detector = TorchvisionDetector(tv)
+    batch = collate([data[0], data[1]])
+    ours = detector.detect(detector(batch.images), batch.image_sizes, score_thresh=0.0)
+    with torch.no_grad():
+        theirs = tv(list(batch.images))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a["labels"], b["labels"] - 1)
+        torch.testing.assert_close(a["scores"], b["scores"])
+        torch.testing.assert_close(a["boxes"], b["boxes"].clamp(0, SIZE))
+
+
+def test_loss_reports_fl_lab_keys(data):
+    torch.manual_seed(0)
+    detector = TorchvisionDetector(build_torchvision_detector("ssdlite", K, SIZE))
+    batch = collate([data[0], data[1]])
+    losses = detector.loss(detector(batch.images), batch.targets)
+    assert set(losses) == {"cls", "box", "total", "num_foreground"}
+    torch.testing.assert_close(losses["total"], losses["cls"] + losses["box"])
+    assert int(losses["num_foreground"]) == sum(len(t["boxes"]) for t in batch.targets)
+    losses["total"].backward()  # the gradient reaches torchvision's weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector.parameters())
+
+
+def test_builders_reject_bad_arguments():
+    assert set(DETECTORS) == {"faster_rcnn", "ssd300", "ssdlite"}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        build_torchvision_detector("yolo", 3, SIZE)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_torchvision_detector("ssdlite", 0, SIZE)
+    with pytest.raises(ValueError, match="amp"):
+        TorchvisionDetector(torch.nn.Identity(), amp="int8")
+
+
+class _Clocked(torch.nn.Module):
+    """A fake detector whose n-th call takes ``durations[n]`` seconds on a fake clock."""
+
+    def __init__(self, durations):
+        super().__init__()
+        self.durations, self.now, self.calls = list(durations), 0.0, 0
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        return ImagesOnly(images)
+
+    def detect(self, output, image_sizes):
+        assert not self.training  # timed in eval mode
+        self.now += self.durations[self.calls]
+        self.calls += 1
+        return [{} for _ in image_sizes]
+
+
+def test_inference_timer_excludes_warmup_and_takes_the_median():
+    # two slow warm-up calls (10 s), then 0.2, 0.4, 0.3 s for a batch of 2 images
+    model = _Clocked([10.0, 10.0, 0.2, 0.4, 0.3]).train()
+    ms = inference_ms_per_image(model, torch.zeros(2, 3, 8, 8), repeats=3, warmup=2, clock=lambda: model.now)
+    assert ms == pytest.approx(1e3 * 0.3 / 2)
+    assert model.calls == 5 and model.training  # mode restored
+    with pytest.raises(ValueError, match="repeats"):
+        inference_ms_per_image(model, torch.zeros(1, 3, 8, 8), repeats=0)
+
+
+def test_inference_timer_on_fl_lab_retinanet():
+    model = RetinaNet(K, backbone="resnet18", fpn_channels=32, head_convs=1)
+    ms = inference_ms_per_image(model, torch.zeros(2, 3, SIZE, SIZE), repeats=1, warmup=1)
+    assert ms > 0
