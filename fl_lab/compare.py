@@ -19,16 +19,26 @@ that images are already normalised). Nothing is downloaded: ``weights=None``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, ssd300_vgg16, ssdlite320_mobilenet_v3_large
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from tqdm.auto import tqdm
 
-__all__ = ["DETECTORS", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector", "inference_ms_per_image"]
+from .analysis import Claim
+from .data import collate
+from .train import PRESETS, Config, datasets, run
+
+__all__ = ["DETECTORS", "PAPER", "Entry", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector",
+           "check_orderings", "compare", "compare_base", "format_table", "inference_ms_per_image"]
 
 #: The torchvision detectors the comparison knows, with the design each stands for.
 DETECTORS = {
@@ -45,12 +55,13 @@ class ImagesOnly(NamedTuple):
     images: Tensor
 
 
-def build_torchvision_detector(kind: str, num_classes: int, image_size: int, backbone: str = "resnet18") -> nn.Module:
+def build_torchvision_detector(kind: str, num_classes: int, image_size: int, backbone: str = "resnet18",
+                               fpn_channels: int = 256) -> nn.Module:
     """torchvision's detector ``kind`` (a key of :data:`DETECTORS`) for ``num_classes`` object classes, from scratch.
 
-    Faster R-CNN gets fl_lab's backbone choice (a ResNet + FPN with BatchNorm, as fl_lab trains
-    from scratch) and sees images at ``image_size`` like RetinaNet; SSD keeps its own backbone
-    and its native input size (300 or 320 px), which its fixed anchor layout needs.
+    Faster R-CNN gets fl_lab's backbone choice (the ResNet with BatchNorm, as fl_lab trains from
+    scratch, and an FPN of ``fpn_channels``) and sees images at ``image_size`` like RetinaNet; SSD
+    keeps its own backbone and its native input size (300 or 320 px), which its anchor layout needs.
     """
     if kind not in DETECTORS:
         raise ValueError(f"kind must be one of {sorted(DETECTORS)}, got {kind!r}")
@@ -58,7 +69,10 @@ def build_torchvision_detector(kind: str, num_classes: int, image_size: int, bac
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     classes = num_classes + 1  # torchvision's class 0 is the background
     if kind == "faster_rcnn":
-        fpn = resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+        resnet = getattr(torchvision.models, backbone)(weights=None)
+        widths = [resnet.inplanes // 8 * 2**i for i in range(4)]  # C2…C5 channels (inplanes is C5's)
+        fpn = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths, fpn_channels,
+                              extra_blocks=LastLevelMaxPool())
         return FasterRCNN(fpn, num_classes=classes, min_size=image_size, max_size=image_size,
                           image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
     build, native = (ssd300_vgg16, 300) if kind == "ssd300" else (ssdlite320_mobilenet_v3_large, 320)
@@ -173,3 +187,123 @@ def inference_ms_per_image(
         model.train(was_training)
     return 1e3 * float(torch.tensor(times).median()) / len(images)
 
+
+
+# ------------------------------------------------------------------------------ the comparison
+#: What the paper reports for each design (../shared/PAPER.md): COCO AP, and ms per image where
+#: it gives one (Table 1e: RetinaNet R50 on an Nvidia M40, test-dev).
+PAPER = {
+    "RetinaNet (FL)": "R50-FPN 600 px: 34.3 AP in 98 ms (Table 1e); R101-FPN: 39.1 AP (Table 2)",
+    "RetinaNet (α-CE)": "R50-FPN 600 px, α-balanced CE α=.75: 31.1 AP (Table 1a, minival)",
+    "Faster R-CNN": "FPN Faster R-CNN, R101: 36.2 AP (Table 2)",
+    "SSD": "SSD513, R101: 31.2 AP (Table 2)",
+}
+DETECTORS_ONE_STAGE_FL = "one-stage, focal loss (γ 2, α .25) over all anchors"
+#: Table 1e's speed/accuracy points: (image size, AP, ms per image) of RetinaNet R50 and R101.
+PAPER_SPEED = {
+    "R50": [(400, 30.5, 64), (500, 32.5, 72), (600, 34.3, 98), (700, 35.1, 121), (800, 35.7, 153)],
+    "R101": [(400, 31.9, 81), (500, 34.4, 90), (600, 36.0, 122), (700, 37.1, 154), (800, 37.8, 198)],
+}
+
+
+@dataclasses.dataclass
+class Entry:
+    """One trained detector of the comparison: its AP (pycocotools, 0–1) and inference speed."""
+
+    name: str  # a key of PAPER
+    design: str
+    image_size: int
+    metrics: dict
+    ms_per_image: float
+    out: str
+
+
+def compare_base(gpu: bool, fast: bool) -> Config:
+    """The shared budget: data, schedule, batch, backbone and seed of every detector.
+
+    Fast mode: 60 iterations of 8 Shapes images at 128 px, ResNet-18 — enough to run every
+    design end to end in about three minutes on a CPU (Faster R-CNN's 512 RoIs per image make
+    it ~25× slower per step than RetinaNet there), not to rank them.
+    GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16 (about 20 minutes for all runs
+    on one H100, an estimate from the gpu preset's speed). CPU full mode: the cpu-fast preset.
+    """
+    if gpu:
+        return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
+                         "val_images": 250, "log_every": 10, "checkpoint_every": 0})
+    config = Config(**PRESETS["cpu-fast"])
+    if fast:
+        config = dataclasses.replace(config, steps=60, warmup=10, train_images=480, val_images=32)
+    return dataclasses.replace(config, log_every=1, checkpoint_every=0)
+
+
+def _retinanet(base: Config, loss: str) -> Config:
+    return dataclasses.replace(base, loss_fn="focal", gamma=2.0, alpha=0.25) if loss == "focal" else \
+        dataclasses.replace(base, loss_fn="balanced_ce", alpha=0.75)
+
+
+def compare(
+    base: Config,
+    out: Union[str, Path],
+    retinanet_sizes: Sequence[int] = (),
+    ssd: str = "ssdlite",
+    timing_batch: int = 8,
+    device: Union[None, str, torch.device] = None,
+    progress: bool = True,
+) -> list[Entry]:
+    """Train and evaluate every design on ``base``'s data and budget; time each one's inference.
+
+    RetinaNet with FL at ``base.image_size`` and at each of ``retinanet_sizes`` (the paper's
+    speed/accuracy curve), RetinaNet with α-balanced CE, Faster R-CNN (``base.backbone``) and
+    SSD (``ssd``: "ssdlite" or "ssd300"). Each run is a folder under ``out``. Inference time:
+    :func:`inference_ms_per_image` on ``timing_batch`` validation images, same device for all.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = dataclasses.replace(base, device=str(device), evaluate=True)
+    jobs = [("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, _retinanet(dataclasses.replace(base, image_size=size), "focal"), None)
+            for size in dict.fromkeys([base.image_size, *retinanet_sizes])]
+    jobs += [("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing", _retinanet(base, "balanced_ce"), None),
+             ("Faster R-CNN", DETECTORS["faster_rcnn"], base, "faster_rcnn"),
+             ("SSD", DETECTORS[ssd], base, ssd)]
+    entries = []
+    for name, design, config, kind in tqdm(jobs, desc="detectors", disable=not progress):
+        folder = Path(out) / f"{name.split()[0].lower()}_{kind or config.loss_fn}_{config.image_size}px"
+        config = dataclasses.replace(config, out=str(folder))
+        build = None if kind is None else (
+            lambda c, k, kind=kind: TorchvisionDetector(build_torchvision_detector(kind, k, c.image_size, c.backbone, c.fpn_channels), c.amp))
+        result = run(config, progress=progress, build=build)
+        _, val_set = datasets(config)
+        batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
+        ms = inference_ms_per_image(result["model"], batch.images, batch.image_sizes)
+        entries.append(Entry(name, design, config.image_size, result["metrics"], ms, str(folder)))
+    return entries
+
+
+def format_table(entries: Sequence[Entry]) -> str:
+    """Our AP / AP50 (×100) and ms per image beside what the paper reports for each design."""
+    rows = [f"{'detector':<26}{'px':>5}{'AP':>7}{'AP50':>7}{'ms/img':>9}   paper", "-" * 100]
+    for e in entries:
+        rows.append(f"{e.name:<26}{e.image_size:>5}{100 * e.metrics['AP']:>7.1f}{100 * e.metrics['AP50']:>7.1f}"
+                    f"{e.ms_per_image:>9.1f}   {PAPER[e.name]}")
+    return "\n".join(rows)
+
+
+def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
+    """The paper's Figure 2 / Table 2 conclusions, tested on these entries (strict >, so ties fail).
+
+    Compares the runs at the shared base size: the first entry of each name.
+    """
+    first = {}
+    for e in entries:
+        first.setdefault(e.name, e)
+    fl, ce, frcnn, ssd = (first[n] for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"))
+    ap = lambda e: f"{100 * e.metrics['AP']:.1f}"
+    return [
+        Claim("RetinaNet with FL beats RetinaNet with α-balanced CE (Table 1)", fl.metrics["AP"] > ce.metrics["AP"],
+              f"AP {ap(fl)} vs {ap(ce)}"),
+        Claim("RetinaNet with FL beats the two-stage Faster R-CNN (Table 2)",
+              fl.metrics["AP"] > frcnn.metrics["AP"], f"AP {ap(fl)} vs {ap(frcnn)}"),
+        Claim("RetinaNet with FL beats SSD's hard negative mining (Table 2)", fl.metrics["AP"] > ssd.metrics["AP"],
+              f"AP {ap(fl)} vs {ap(ssd)}"),
+        Claim("RetinaNet is faster than Faster R-CNN at inference (Figure 2)", fl.ms_per_image < frcnn.ms_per_image,
+              f"{fl.ms_per_image:.1f} vs {frcnn.ms_per_image:.1f} ms per image"),
+    ]

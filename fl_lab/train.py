@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -356,11 +356,14 @@ def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") ->
     return model.to(device).eval(), config
 
 
-def run(config: Config, resume: bool = False, progress: bool = True) -> dict:
+def run(config: Config, resume: bool = False, progress: bool = True,
+        build: Optional[Callable[[Config, int], nn.Module]] = None) -> dict:
     """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
 
-    Returns {"model": the trained RetinaNet, "history": rows of this call, "metrics": AP dict or
-    None, "out": run folder}.
+    ``build(config, num_classes)`` makes the model (default :func:`build_model`, a RetinaNet;
+    :mod:`fl_lab.compare` passes torchvision's detectors, which then get the same data,
+    schedule and evaluation). Returns {"model": the trained model, "history": rows of this
+    call, "metrics": AP dict or None, "out": run folder}.
     Under ``torchrun`` each process runs this; rank 0 writes the files.
     """
     rank, world, device = _setup_distributed(config.device)
@@ -370,7 +373,7 @@ def run(config: Config, resume: bool = False, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     train_set, val_set = datasets(config)
-    model = build_model(config, train_set.num_classes).to(device)
+    model = (build or build_model)(config, train_set.num_classes).to(device)
     sampler = TrainSampler(len(train_set), config.batch_size, config.seed, start_step=state["step"] if state else 0,
                            rank=rank, world_size=world)
     loader = DataLoader(FlipByKey(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,

@@ -111,3 +111,37 @@ def test_inference_timer_on_fl_lab_retinanet():
     model = RetinaNet(K, backbone="resnet18", fpn_channels=32, head_convs=1)
     ms = inference_ms_per_image(model, torch.zeros(2, 3, SIZE, SIZE), repeats=1, warmup=1)
     assert ms > 0
+
+
+def test_compare_trains_scores_and_times_every_design(tmp_path):
+    import dataclasses
+
+    from fl_lab.analysis import Claim
+    from fl_lab.compare import PAPER, check_orderings, compare, compare_base, format_table
+    from fl_lab.plots import figure2
+
+    base = dataclasses.replace(compare_base(gpu=False, fast=True), steps=2, warmup=1, train_images=16, val_images=8,
+                               image_size=96)
+    entries = compare(base, tmp_path, retinanet_sizes=(64,), timing_batch=2, progress=False, device="cpu")
+    assert [(e.name, e.image_size) for e in entries] == [("RetinaNet (FL)", 96), ("RetinaNet (FL)", 64),
+                                                         ("RetinaNet (α-CE)", 96), ("Faster R-CNN", 96), ("SSD", 96)]
+    for e in entries:
+        assert 0.0 <= e.metrics["AP"] <= 1.0 and e.ms_per_image > 0
+        assert (tmp_path / e.out.split("/")[-1] / "metrics.json").is_file()  # each run in its own folder
+    table = format_table(entries)
+    assert all(PAPER[e.name] in table for e in entries)
+    claims = check_orderings(entries)
+    assert len(claims) == 4 and all(isinstance(c, Claim) and isinstance(c.holds, bool) for c in claims)
+    fig = figure2(entries, title="t")
+    ours, paper = fig.axes
+    assert ours.get_xlabel() and ours.get_ylabel() and ours.get_legend() is not None
+    assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
+    assert len(ours.lines) == 4  # one line per design; RetinaNet's two sizes joined
+
+
+def test_orderings_are_strict_on_ties():
+    from fl_lab.compare import Entry, check_orderings
+
+    same = {"AP": 0.0, "AP50": 0.0}
+    entries = [Entry(n, "", 96, same, 1.0, "") for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
+    assert [c.holds for c in check_orderings(entries)] == [False, False, False, False]

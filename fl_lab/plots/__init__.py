@@ -15,6 +15,7 @@ from .anchors import (
     pyramid_figure,
 )
 from .cdf import cdf_figure
+from .compare import figure2
 from .detections import detections_figure
 from .loss import figure1, imbalance_figure, loss_explorer_figure
 from .model import dataset_figure, training_curves_figure, training_log_figure
@@ -29,6 +30,7 @@ __all__ = [
     "dataset_figure",
     "detections_figure",
     "figure1",
+    "figure2",
     "ground_truth_figure",
     "imbalance_figure",
     "loss_explorer_figure",
