@@ -387,3 +387,35 @@ def test_an_unknown_mistake_gets_the_values():
     feedback = ex.check_prior_bias(lambda pi: 1.0)
     assert_caught(feedback, "Not quite")
     assert "π = 0.01" in feedback.message and "-4.5951" in feedback.message
+
+
+# Lesson 7 -----------------------------------------------------------------------------
+def counts(num_pos, num_neg, batch_size, fraction, share=None, top_up=True, cap_pos=True, cap_neg=True):
+    """A learner's sample_counts, written out, with switches for the known mistakes."""
+    share = int(batch_size * fraction) if share is None else share(batch_size, fraction)
+    n_pos = min(num_pos, share) if cap_pos else share
+    n_neg = batch_size - (n_pos if top_up else share)
+    return n_pos, (min(num_neg, n_neg) if cap_neg else n_neg)
+
+
+def test_sample_counts_solution_and_a_learner_version_pass():
+    assert ex.check_sample_counts(solutions.sample_counts).passed
+    assert ex.check_sample_counts(counts).passed
+    assert ex.check_sample_counts(lambda *a: tuple(torch.tensor(c) for c in counts(*a))).passed  # 0-d tensors are fine
+
+
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (partial(counts, share=lambda b, f: int(b * (1 - f))), "inverted"),
+        (partial(counts, cap_pos=False), "more positives than there are"),
+        (partial(counts, top_up=False), "filled up with negatives"),
+        (partial(counts, cap_neg=False), "more negatives than there are"),
+        (lambda *a: counts(*a)[0], "Return a pair"),
+        (lambda *a: (float(counts(*a)[0]), counts(*a)[1]), "whole numbers"),
+        (lambda *a: (_ for _ in ()).throw(NotImplementedError), "Not written yet"),
+    ],
+    ids=["inverted", "positives uncapped", "no top-up", "negatives uncapped", "one number", "floats", "stub"],
+)
+def test_sample_counts_mistakes(wrong, keyword):
+    assert_caught(ex.check_sample_counts(wrong), keyword)

@@ -22,6 +22,7 @@ __all__ = [
     "ohem_select",
     "p_t_alpha_t",
     "prior_bias",
+    "sample_counts",
 ]
 
 
@@ -92,3 +93,10 @@ def ohem_select(losses: Tensor, labels: Tensor, batch_size: int) -> Tensor:
     top = ranked.topk(min(batch_size, losses.shape[1]), dim=1).indices
     mask = torch.zeros_like(valid).scatter(1, top, True)
     return mask & valid  # an image with few valid anchors must not fill up with ignored ones
+
+
+def sample_counts(num_pos: int, num_neg: int, batch_size: int, positive_fraction: float) -> tuple[int, int]:
+    """How many positives and negatives a two-stage detector samples for one image's minibatch."""
+    n_pos = min(num_pos, int(batch_size * positive_fraction))  # a fixed share, if there are that many
+    n_neg = min(num_neg, batch_size - n_pos)  # the rest are negatives
+    return n_pos, n_neg
