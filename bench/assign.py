@@ -27,7 +27,6 @@ machine hit both alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_from, format_table, machine, median_ms, ratio, write_json  # noqa: E402
+from common import bench_parser, device_from, format_table, machine, median_ms, ratio, write_json  # noqa: E402
 
 from fl_lab.anchors import AnchorGenerator  # noqa: E402
 from fl_lab.boxes import random_boxes  # noqa: E402
@@ -130,15 +129,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, r
 
 def main(argv: Optional[list[str]] = None) -> dict:
     """Check, time, print the table and write the JSON; returns the payload ("rows", "table", …)."""
-    parser = argparse.ArgumentParser(prog="python bench/assign.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    parser.add_argument("--quick", action="store_true", help="2 images of 128 px with 0–5 objects (for tests)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each (default 7)")
-    parser.add_argument("--results", default=str(RESULTS), help="folder for assign_<device>.json")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
+    args = bench_parser("assign", __doc__, "2 images of 128 px with 0–5 objects (for tests)").parse_args(argv)
     device = device_from(args.device)
 
     images, side, most = QUICK_CASE if args.quick else CASE
@@ -162,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"target assignment, K = {NUM_CLASSES} — {machine(device)}\n{table}")
     payload = {"benchmark": "assign", "device": device.type, "quick": args.quick, "repeats": args.repeats,
                "anchor_generation": "excluded from both timings", "rows": [row], "table": table}
-    write_json("assign", device, payload, results=Path(args.results))
+    write_json("assign", device, payload, results=args.results)
     return payload
 
 

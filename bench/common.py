@@ -7,6 +7,7 @@ nothing here asserts a speed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -30,6 +31,24 @@ def device_from(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     return torch.device(name)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def bench_parser(script: str, doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark takes: --device, --quick, --repeats, --results."""
+    parser = argparse.ArgumentParser(prog=f"python bench/{script}.py", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=_positive_int, default=7, help="timed runs of each (default 7)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for {script}_<device>.json")
+    return parser
 
 
 def sync(device: torch.device) -> None:

@@ -18,7 +18,6 @@ included).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
@@ -27,7 +26,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_floor_ms, device_from, format_table, machine, median_ms, peak_memory_mib, ratio, write_json  # noqa: E402
+from common import bench_parser, copy_floor_ms, device_from, format_table, machine, median_ms, peak_memory_mib, ratio, write_json  # noqa: E402
 
 from fl_lab.loss import BACKGROUND, IGNORE, focal_loss  # noqa: E402
 
@@ -64,12 +63,7 @@ def _step(fn, logits: torch.Tensor) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="one tiny size (for tests)")
-    parser.add_argument("--results", type=Path, default=None, help="folder for the JSON (default bench/results)")
-    args = parser.parse_args(argv)
+    args = bench_parser("focal_loss", __doc__, "one tiny size (for tests)").parse_args(argv)
     device = device_from(args.device)
 
     rows, table_rows = [], []
@@ -111,9 +105,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     table = format_table(headers, table_rows)
     print(f"focal loss forward + backward, fp32, Σ FL (γ 2, α 0.25) — {machine(device)}\n{table}")
     payload = {"benchmark": "focal_loss", "device": device.type, "rows": rows, "table": table}
-    if not args.quick or args.results is not None:
-        path = write_json("focal_loss", device, payload, **({"results": args.results} if args.results else {}))
-        print(f"wrote {path}")
+    print(f"wrote {write_json('focal_loss', device, payload, results=args.results)}")
     return payload
 
 

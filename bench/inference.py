@@ -36,7 +36,6 @@ Times are medians of ``--repeats`` runs after warm-up, fl_lab and torchvision in
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
@@ -48,7 +47,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assign import interleaved_ms  # noqa: E402
-from common import RESULTS, device_from, format_table, machine, ratio, write_json  # noqa: E402
+from common import bench_parser, device_from, format_table, machine, ratio, write_json  # noqa: E402
 from train_vs_torchvision import TorchvisionAdapter, build_torchvision  # noqa: E402
 
 from fl_lab.model import RetinaNet, RetinaNetOutput  # noqa: E402
@@ -113,15 +112,7 @@ def check_same_detections(ours: list[dict[str, Tensor]], theirs: list[dict[str, 
 
 def main(argv: Optional[list[str]] = None) -> dict:
     """Check, time, print the table and write the JSON; returns the payload ("rows", "table", …)."""
-    parser = argparse.ArgumentParser(prog="python bench/inference.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    parser.add_argument("--quick", action="store_true", help="2 images of 128 px, ResNet-18 (for tests)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each (default 7)")
-    parser.add_argument("--results", default=str(RESULTS), help="folder for inference_<device>.json")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
+    args = bench_parser("inference", __doc__, "2 images of 128 px, ResNet-18 (for tests)").parse_args(argv)
     device = device_from(args.device)
 
     images_n, side, backbone, sigma = QUICK_CASE if args.quick else CASE
@@ -161,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"inference — {machine(device)}\n{table}")
     payload = {"benchmark": "inference", "device": device.type, "quick": args.quick, "repeats": args.repeats,
                "logit_noise": sigma, "rows": rows, "table": table}
-    write_json("inference", device, payload, results=Path(args.results))
+    write_json("inference", device, payload, results=args.results)
     return payload
 
 

@@ -38,7 +38,7 @@ from fl_lab.data import Batch, Shapes, collate
 from fl_lab.train import build_model, sgd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_from, format_table, machine, median_ms, ratio, sync, write_json  # noqa: E402
+from common import bench_parser, device_from, format_table, machine, median_ms, ratio, sync, write_json  # noqa: E402
 from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision  # noqa: E402
 
 #: H100 SXM dense peaks in TFLOP/s. cuDNN runs fp32 convolutions as TF32 unless that is switched
@@ -215,13 +215,7 @@ def _peak_option(text: str) -> tuple[Optional[str], float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python bench/train_step.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when present (default)")
-    parser.add_argument("--quick", action="store_true", help="one tiny case (128 px, batch 2, ResNet-18)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per model and case (default 7)")
-    parser.add_argument("--results", default=str(RESULTS), help="folder for train_step_<device>.json")
+    parser = bench_parser("train_step", __doc__, "one tiny case (128 px, batch 2, ResNet-18)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's busiest operators per model and case")
     parser.add_argument("--peak-tflops", type=_peak_option, action="append", default=[], metavar="[PREC=]TFLOPS",
@@ -233,8 +227,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> dict:
     """Measure every case, print the table and write the JSON; returns the payload ("rows", "table", …)."""
     args = _parser().parse_args(argv)
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     device = device_from(args.device)
     peaks, peak_note = peaks_and_note(device, args.peak_tflops)
     print(machine(device))
@@ -246,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(text)
     payload = {"device": str(device), "quick": args.quick, "repeats": args.repeats, "peaks_tflops": peaks,
                "table": text, "rows": rows}
-    write_json("train_step", device, payload, results=Path(args.results))
+    write_json("train_step", device, payload, results=args.results)
     return payload
 
 

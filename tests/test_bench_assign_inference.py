@@ -1,11 +1,10 @@
 """bench/assign.py and bench/inference.py run end to end; the fast paths they measure equal plain references."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load
 from torchvision.ops import batched_nms
 
 import fl_lab.matcher
@@ -14,14 +13,6 @@ from fl_lab.boxes import BoxCoder, box_iou_batched, random_boxes
 from fl_lab.matcher import Matcher, assign_targets, pad_targets
 from fl_lab.model import RetinaNet, RetinaNetOutput
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name, num_rows", [("assign", 1), ("inference", 2)])

@@ -1,22 +1,10 @@
 """bench/focal_loss.py, bench/notebooks.py and bench/run_all.py run end to end and write their
 results. Timings are the benchmarks' business: nothing here asserts a speed."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def load(name):
-    """A bench script as a module (each puts bench/ on sys.path itself to import ``common``)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from bench_scripts import load
 
 def test_focal_loss_bench_runs_and_writes_json(tmp_path, capsys):
     payload = load("focal_loss").main(["--quick", "--device", "cpu", "--repeats", "1", "--results", str(tmp_path)])

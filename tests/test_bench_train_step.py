@@ -1,26 +1,17 @@
 """bench/train_step.py: both models take real training steps on the same batch, and the script runs end to end."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load
 
 torch.set_grad_enabled(True)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
-
-
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load("train_step")
 
 
 def test_one_step_of_each_model_on_the_same_batch(bench):
