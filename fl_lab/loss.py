@@ -390,7 +390,10 @@ def focal_loss_star(
     gamma, alpha = _check_params(gamma, alpha, reduction)
     if gamma == 0:
         raise ValueError("focal_loss_star divides by gamma: gamma must be > 0, got 0")
-    beta = float(beta)
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError):
+        raise ValueError(f"beta must be a finite number, got {beta!r}") from None
     if not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number, got {beta}")
     is_index = _check_tensors(logits, target, check_values)

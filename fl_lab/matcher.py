@@ -127,6 +127,8 @@ def pad_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple[Tens
     for i, (b, l) in enumerate(zip(boxes, labels)):  # shape checks only, to name the image
         if b.dim() != 2 or b.shape[1] != 4 or l.shape != b.shape[:1]:
             raise ValueError(f"image {i}: boxes must be (G, 4) and labels (G,), got {tuple(b.shape)} and {tuple(l.shape)}")
+        if l.is_floating_point() or l.is_complex() or l.dtype == torch.bool:  # .long() would truncate 1.7 to 1
+            raise ValueError(f"image {i}: labels must be an integer tensor (class indices), got {l.dtype}")
     counts = torch.tensor([len(b) for b in boxes], device=boxes[0].device)
     out_boxes = pad_sequence(list(boxes), batch_first=True)  # (B, G_max, 4), zero padding
     out_labels = pad_sequence([l.long() for l in labels], batch_first=True, padding_value=-1)

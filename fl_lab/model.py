@@ -85,7 +85,9 @@ class P6P7(ExtraFPNBlock):
         super().__init__()
         self.p6 = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
         self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        for conv in (self.p6, self.p7):  # the same init as torchvision's FPN convs
+        # FPN convs as in Detectron, the paper's code (Caffe2's XavierFill, U(±sqrt(3 / fan_in)), is
+        # kaiming_uniform with a = 1), and torchvision's FPN; §4.1's N(0, 0.01) is for the subnets.
+        for conv in (self.p6, self.p7):
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
         self.from_p5 = from_p5
@@ -383,6 +385,13 @@ class RetinaNet(nn.Module):
         batch, _, num_classes = cls_logits.shape
         if len(image_sizes) != batch:
             raise ValueError(f"got {len(image_sizes)} image sizes for a batch of {batch} images")
+        if not 0.0 <= score_thresh < 1.0:  # also rejects NaN
+            raise ValueError(f"score_thresh must be in [0, 1), got {score_thresh}")
+        if not 0.0 < nms_thresh <= 1.0:
+            raise ValueError(f"nms_thresh must be in (0, 1], got {nms_thresh}")
+        for name, value in (("topk", topk), ("max_detections", max_detections)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         device = cls_logits.device
 
         def best_per_group(group: Tensor, score: Tensor, k: int, num_groups: int) -> Tensor:

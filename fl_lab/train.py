@@ -74,8 +74,8 @@ class Config:
     loss_fn: str = _opt("focal", "focal, ce, balanced_ce, focal_star or ohem (cross-entropy on the hardest anchors)",
                         choices=("focal", "ce", "balanced_ce", "focal_star", "ohem"))
     gamma: float = _opt(2.0, "focusing parameter of focal / focal_star (paper: 2)")
-    alpha: Optional[float] = _opt(0.25, "weight of positives (focal: 0.25, balanced_ce: 0.75; None: unweighted; "
-                                  "ignored by ce and ohem)")
+    alpha: Optional[float] = _opt(None, "weight of positives; None: the loss's own (the paper's best: focal 0.25, "
+                                  "balanced_ce 0.75, focal_star unweighted); ignored by ce and ohem")
     ohem_batch: int = _opt(128, "ohem: anchors per image kept after NMS, highest loss first (paper Table 1d: 128, 256)")
     ohem_nms: float = _opt(0.5, "ohem: IoU threshold of the NMS over anchors' predicted boxes (paper: 0.5, 0.7)")
     ohem_max_pos_fraction: Optional[float] = _opt(None, "ohem: at most this share of positives (0.25 = SSD's 1:3; "
@@ -104,11 +104,12 @@ class Config:
     def loss_kwargs(self) -> dict:
         """Arguments of :meth:`RetinaNet.loss` for this configuration: the named loss of
         :data:`fl_lab.model.LOSS_FUNCTIONS` with this configuration's parameters."""
+        alpha = {} if self.alpha is None else {"alpha": self.alpha}
         params = {
-            "focal": dict(gamma=self.gamma, alpha=self.alpha),
+            "focal": dict(gamma=self.gamma, **alpha),
             "ce": {},
-            "balanced_ce": dict(alpha=self.alpha),
-            "focal_star": dict(gamma=self.gamma),
+            "balanced_ce": alpha,
+            "focal_star": dict(gamma=self.gamma, **alpha),
             "ohem": dict(batch_size=self.ohem_batch, nms_thresh=self.ohem_nms,
                          max_pos_fraction=self.ohem_max_pos_fraction),
         }[self.loss_fn]
@@ -226,6 +227,8 @@ def train(
     out = Path(out) if out is not None and main else None
     log = _open_log(out, start) if out else None
     end = steps if stop_after is None else min(steps, stop_after)
+    if end < start:  # the checkpoint would be relabelled with an earlier step and resume wrongly
+        raise ValueError(f"stop_after={stop_after} is before the checkpoint's step {start}: nothing to run")
 
     def checkpoint(step: int) -> None:
         if out:
@@ -241,35 +244,37 @@ def train(
     # overflows the kernel's output queue (its high-water mark) so that later messages are lost.
     bar = tqdm(range(start, end), initial=start, total=end, desc="train", disable=not (progress and main), mininterval=2.0)
     tick = time.perf_counter()
-    for step in bar:
-        batch = next(stream).to(device, non_blocking=True)
-        with autocast():
-            output = model(batch.images)
-        if not all(bool(torch.isfinite(t).all()) for t in output if isinstance(t, torch.Tensor) and t.is_floating_point()):
-            raise Diverged(_diverged_message(step, "the model's outputs", out), history)
-        losses = core.loss(output, batch.targets, **(loss_kwargs or {}))
-        if not math.isfinite(losses["total"].item()):
-            raise Diverged(_diverged_message(step, "the loss", out), history)
-        row = {"step": step, "lr": optimizer.param_groups[0]["lr"], **{k: v.item() for k, v in losses.items()}}
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        now = time.perf_counter()
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        row["images_per_s"] = len(batch.targets) * world / (now - tick)
-        tick = now
-        history.append(row)
-        bar.set_postfix(loss=f"{row['total']:.3f}", lr=f"{row['lr']:.2g}", img_s=f"{row['images_per_s']:.1f}")
-        if log and (step % log_every == 0 or step == end - 1):
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
-            checkpoint(step + 1)
-    checkpoint(end)
-    if log:
-        log.close()
+    try:
+        for step in bar:
+            batch = next(stream).to(device, non_blocking=True)
+            with autocast():
+                output = model(batch.images)
+            if not all(bool(torch.isfinite(t).all()) for t in output if isinstance(t, torch.Tensor) and t.is_floating_point()):
+                raise Diverged(_diverged_message(step, "the model's outputs", out), history)
+            losses = core.loss(output, batch.targets, **(loss_kwargs or {}))
+            if not math.isfinite(losses["total"].item()):
+                raise Diverged(_diverged_message(step, "the loss", out), history)
+            row = {"step": step, "lr": optimizer.param_groups[0]["lr"], **{k: v.item() for k, v in losses.items()}}
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            now = time.perf_counter()
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            row["images_per_s"] = len(batch.targets) * world / (now - tick)
+            tick = now
+            history.append(row)
+            bar.set_postfix(loss=f"{row['total']:.3f}", lr=f"{row['lr']:.2g}", img_s=f"{row['images_per_s']:.1f}")
+            if log and (step % log_every == 0 or step == end - 1):
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
+                checkpoint(step + 1)
+        checkpoint(end)
+    finally:  # also on Diverged: the rows logged so far reach the disk
+        if log:
+            log.close()
     return history
 
 
@@ -287,6 +292,11 @@ def _save_atomic(state: dict, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)  # and the rename itself
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
@@ -302,18 +312,38 @@ def _open_log(out: Path, start: int):
     out.mkdir(parents=True, exist_ok=True)
     path = out / "log.jsonl"
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", math.inf) < start]
+        kept = [line for line in path.read_text().splitlines() if _step_of(line) < start]
         path.write_text("".join(line + "\n" for line in kept))
     return open(path, "a")
 
 
+def _step_of(line: str) -> float:
+    """A log row's step; inf (so dropped on resume) for rows without one and for a line a killed run left half-written."""
+    try:
+        return json.loads(line).get("step", math.inf)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 def read_log(path: Union[str, Path]) -> list[dict]:
-    """The rows of a run's ``log.jsonl`` (pass the file or its run folder)."""
+    """The rows of a run's ``log.jsonl`` (pass the file or its run folder).
+
+    A half-written last line (the run was killed while writing it) is left out; an
+    unreadable line elsewhere raises ``ValueError`` naming the file and line.
+    """
     path = Path(path)
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"training log not found: {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON ({err})") from None
+    return rows
 
 
 # ------------------------------------------------------------------------------ a whole run
@@ -466,7 +496,14 @@ def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:
             raise SystemExit(f"--resume uses the run's saved configuration; do not pass {sorted(unexpected)}")
         saved["stop_after"] = given.get("stop_after")
         return Config(**{**saved, "out": args.resume}), True
-    return Config(**{**PRESETS.get(args.preset, {}), **given}), False
+    config = Config(**{**PRESETS.get(args.preset, {}), **given})
+    if args.preset in ("gpu", "coco") and config.device == "auto" and not torch.cuda.is_available():
+        # Say so before the first iteration: the run would otherwise just look frozen.
+        print(f"note: the {args.preset} preset is sized for a GPU and this machine has none, so it trains on the CPU: "
+              f"{config.steps} iterations of {config.batch_size} images at {config.image_size} px take hours (the gpu "
+              "preset: about 15 s an iteration, 12 h, on two CPU cores). --preset cpu-fast trains in minutes on a "
+              "CPU; --stop-after N stops early with a checkpoint.", file=sys.stderr)
+    return config, False
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -61,6 +61,8 @@ def mutate(change, make=None):
         (mutate(lambda d: d["annotations"][0].update(category_id=1)), "unknown category 1"),
         (mutate(lambda d: d["annotations"][0].pop("bbox")), "annotation 1 needs"),
         (mutate(lambda d: d["categories"][0].pop("name")), "category an 'id' and a 'name'"),
+        (mutate(lambda d: d["images"].append(dict(d["images"][0]))), "image id 7 appears more than once"),
+        (mutate(lambda d: d["categories"][1].update(id=90)), "category id 90 appears more than once"),
     ],
 )
 def test_malformed_files_name_the_problem(tmp_path, data, message):

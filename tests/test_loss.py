@@ -354,6 +354,7 @@ BAD_CALLS = {
     "FL* gamma 0": (lambda x, y: focal_loss_star(x, y, gamma=0.0), "gamma must be > 0"),
     "FL* soft target": (lambda x, y: focal_loss_star(x, torch.full((6, 5), 0.5)), "binary targets"),
     "FL* NaN beta": (lambda x, y: focal_loss_star(x, y, beta=float("nan")), "beta"),
+    "FL* None beta": (lambda x, y: focal_loss_star(x, y, beta=None), "beta must be a finite number, got None"),
     "balanced CE alpha": (lambda x, y: balanced_cross_entropy(x, y, alpha=2.0), "alpha"),
     "p_t of 1": (lambda x, y: focal_loss_of_pt(torch.tensor([0.5, 1.0]), 2.0), r"strictly inside \(0, 1\)"),
 }

@@ -180,3 +180,7 @@ def test_pad_targets():
         pad_targets([boxes[0], torch.zeros(3)], [labels[0], torch.zeros(3, dtype=torch.long)])
     with pytest.raises(ValueError, match=r"boxes\[0, 0\] = \[5.0, 0.0, 1.0, 1.0\] has x2 < x1"):
         pad_targets([torch.tensor([[5.0, 0, 1, 1]])], [torch.tensor([0])])
+    for bad in (torch.tensor([1.7]), torch.tensor([True])):  # cast to int64 they would become other labels
+        with pytest.raises(ValueError, match=f"image 0: labels must be an integer tensor .*{bad.dtype}"):
+            pad_targets([torch.tensor([[0.0, 0, 4, 4]])], [bad])
+    assert pad_targets([torch.tensor([[0.0, 0, 4, 4]])], [torch.tensor([3], dtype=torch.int32)])[1].tolist() == [[3]]

@@ -256,6 +256,13 @@ def test_detect_clips_to_each_images_size_and_caps_count():
         assert det["boxes"][:, 0::2].max() <= w and det["boxes"][:, 1::2].max() <= h and det["boxes"].min() >= 0
     with pytest.raises(ValueError, match="image sizes"):
         model.detect(out, [(128, 128)])
+    sizes = [(128, 128)] * 2
+    for bad, message in ((dict(score_thresh=float("nan")), r"score_thresh must be in \[0, 1\), got nan"),
+                         (dict(score_thresh=1.0), "score_thresh"), (dict(nms_thresh=1.5), r"nms_thresh .* got 1.5"),
+                         (dict(nms_thresh=0.0), "nms_thresh"), (dict(topk=0), "topk must be an integer >= 1, got 0"),
+                         (dict(topk=2.5), "topk"), (dict(max_detections=0), "max_detections must be")):
+        with pytest.raises(ValueError, match=message):
+            model.detect(out, sizes, **bad)
 
 
 # ---------------------------------------------------------------------------- torchvision

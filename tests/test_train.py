@@ -1,6 +1,7 @@
 """fl_lab.train: the schedule, learning, exact resume, divergence, the CLI, and DDP on CPU."""
 
 import dataclasses
+import inspect
 import json
 import os
 import socket
@@ -14,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from fl_lab.data import Shapes, collate
 from fl_lab.model import RetinaNet
-from fl_lab.train import (PRESETS, Config, Diverged, config_from_args, load_checkpoint, load_run, lr_multiplier, read_log,
-                          run, train)
+from fl_lab.train import (PRESETS, Config, Diverged, config_from_args, load_checkpoint, load_run, lr_multiplier, main,
+                          read_log, run, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +80,16 @@ def test_resume_continues_exactly(tmp_path):
     assert not list(tmp_path.glob("*/*.tmp"))  # atomic writes leave no temporary files
 
 
+def test_resume_refuses_to_stop_before_its_checkpoint(tmp_path):
+    """Stopping at 3 from a step-6 checkpoint would relabel step-6 weights as step 3: refused, file kept."""
+    run(tiny_config(tmp_path, stop_after=6), progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"stop_after=3 is before the checkpoint's step 6"):
+        run(tiny_config(tmp_path, stop_after=3), resume=True, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert len(run(tiny_config(tmp_path, stop_after=6), resume=True, progress=False)["history"]) == 0  # nothing to run
+
+
 def test_divergence_stops_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(tmp_path, prior=None, loss_fn="ce", lr=50.0, warmup=0, steps=40, checkpoint_every=1)
     with pytest.raises(Diverged, match=r"diverged at iteration (\d+).*prior.*last good checkpoint") as err:
@@ -124,12 +135,19 @@ def test_load_run_rebuilds_the_trained_model(tmp_path):
 
 
 def test_config_loss_kwargs_pass_their_parameters():
-    from fl_lab.loss import balanced_cross_entropy, focal_loss, ohem_loss
+    from fl_lab.loss import balanced_cross_entropy, focal_loss, focal_loss_star, ohem_loss
 
     kw = Config(loss_fn="focal", gamma=1.0, alpha=0.5).loss_kwargs()
     assert kw["loss_fn"].func is focal_loss and kw["loss_fn"].keywords == {"gamma": 1.0, "alpha": 0.5}
     kw = Config(loss_fn="ce", alpha=0.3).loss_kwargs()["loss_fn"]
     assert kw.func is balanced_cross_entropy and kw.keywords == {"alpha": None}  # plain CE ignores α
+    # α left unset: each loss keeps its own default, the paper's best (focal 0.25, α-balanced CE 0.75)
+    for name, fn in (("focal", focal_loss), ("balanced_ce", balanced_cross_entropy), ("focal_star", focal_loss_star)):
+        kw = Config(loss_fn=name).loss_kwargs()["loss_fn"]
+        assert kw.func is fn and "alpha" not in kw.keywords
+    assert inspect.signature(balanced_cross_entropy).parameters["alpha"].default == 0.75
+    assert Config(loss_fn="balanced_ce", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"alpha": 0.5}
+    assert Config(loss_fn="focal_star", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"gamma": 2.0, "alpha": 0.5}
     kw = Config(loss_fn="ohem", ohem_batch=256, ohem_nms=0.7, ohem_max_pos_fraction=0.25).loss_kwargs()["loss_fn"]
     assert kw.func is ohem_loss and kw.keywords == {"batch_size": 256, "nms_thresh": 0.7, "max_pos_fraction": 0.25}
 
@@ -148,6 +166,52 @@ def test_cli_presets_overrides_and_resume_rules(tmp_path):
                                check=True).stdout
     for option in ("--preset", "--resume", "--gamma", "--amp", "--stop-after", "cpu-fast"):
         assert option in help_text
+
+
+def test_cli_says_when_a_gpu_preset_would_train_on_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for preset in ("gpu", "coco"):
+        config_from_args(["--preset", preset])
+        assert f"the {preset} preset is sized for a GPU" in capsys.readouterr().err
+    for argv in (["--preset", "cpu-fast"], ["--preset", "gpu", "--device", "cpu"], []):
+        config_from_args(argv)  # a CPU preset, or a CPU asked for explicitly: nothing to say
+        assert capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config_from_args(["--preset", "gpu"])
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_trains_on_coco_and_voc_folders(tmp_path):
+    """The README's real-data commands on tiny folders written here: ``--preset coco`` reads
+    train2017/, val2017/ and annotations/ under --data-root; ``--dataset voc`` reads VOCdevkit/."""
+    from test_voc import make_voc
+    from torchvision.io import write_png
+
+    coco = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        (coco / split).mkdir(parents=True)
+        images, annotations = [], []
+        for i in range(1, 4):
+            write_png(torch.full((3, 40, 56), 40 * i, dtype=torch.uint8), str(coco / split / f"{i}.png"))
+            images.append({"id": i, "file_name": f"{i}.png", "width": 56, "height": 40})
+            annotations.append({"id": i, "image_id": i, "category_id": 7 + i % 2, "bbox": [4 * i, 5, 20, 16]})
+        (coco / "annotations").mkdir(exist_ok=True)
+        (coco / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations,
+             "categories": [{"id": 7, "name": "seven"}, {"id": 8, "name": "eight"}]}))
+    voc = make_voc(tmp_path / "voc").parents[1]
+    (voc / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n")
+    small = ["--image-size", "64", "--max-size", "96", "--backbone", "resnet18", "--fpn-channels", "16",
+             "--head-convs", "1", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0",
+             "--amp", "none", "--device", "cpu"]
+    for argv, num_classes in ((["--preset", "coco", "--data-root", str(coco)], 2),
+                              (["--dataset", "voc", "--data-root", str(voc)], 20)):
+        out = tmp_path / f"run_{argv[1]}"
+        assert main(argv + small + ["--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert 0.0 <= metrics["AP"] <= 1.0 and metrics.keys() >= {"AP50", "AP75"}
+        model, config = load_run(out)
+        assert model.num_classes == num_classes and config.data_root == str(argv[-1])
 
 
 def test_cli_runs_and_evaluates(tmp_path):
@@ -189,3 +253,17 @@ def test_log_keeps_only_rows_before_the_resumed_step(tmp_path):
     assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2]
     _open_log(tmp_path, 0).close()  # a fresh run into the same folder starts a fresh log
     assert read_log(tmp_path) == []
+
+
+def test_a_half_written_log_line_neither_blocks_resume_nor_reading(tmp_path):
+    """A run killed while writing log.jsonl leaves a torn last line; last.pt is fine, so both must go on."""
+    from fl_lab.train import _open_log
+
+    rows = [json.dumps({"step": i, "total": 1.0}) for i in range(4)]
+    (tmp_path / "log.jsonl").write_text("\n".join(rows) + '\n{"step": 4, "tot')
+    assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2, 3]
+    _open_log(tmp_path, 3).close()
+    assert [r["step"] for r in read_log(tmp_path)] == [0, 1, 2]
+    (tmp_path / "log.jsonl").write_text(rows[0] + "\n{oops\n" + rows[1] + "\n")
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON"):
+        read_log(tmp_path)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -69,6 +70,10 @@ def _read_coco(path: Path, drop_degenerate: bool) -> tuple[dict, CocoAnnotations
         categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: every image needs an 'id' and every category an 'id' and a 'name' ({err!r})") from None
+    for what, ids in (("image", [int(im["id"]) for im in data["images"]]), ("category", [c for c, _ in categories])):
+        repeated = [i for i, n in Counter(ids).items() if n > 1]
+        if repeated:
+            raise ValueError(f"{path}: {what} id {min(repeated)} appears more than once")
     for image_id, im in images.items():
         size = (im.get("width"), im.get("height"))
         if not isinstance(im.get("file_name"), str) or not all(_positive(v) for v in size):
