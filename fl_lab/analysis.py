@@ -10,7 +10,7 @@ positives and negatives for the loss CDFs of the paper's Figure 4 (lesson 05).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
@@ -270,6 +270,7 @@ class LossCDF:
     positives: (P,) x_t of the true-class entry of foreground anchors;
     negatives: (N,) x_t of every class entry of background anchors (ignored anchors excluded);
     gammas: the γ the lesson draws; seen_*: counts before subsampling; num_images: images run.
+    The samples are fixed once made: curves are computed once per (kind, γ) and kept.
     """
 
     positives: Tensor
@@ -278,6 +279,7 @@ class LossCDF:
     seen_positives: int = 0
     seen_negatives: int = 0
     num_images: int = 0
+    _curves: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_probabilities(
@@ -302,13 +304,15 @@ class LossCDF:
 
     def curve(self, kind: str, gamma: float, points: int = 2001) -> tuple[Tensor, Tensor]:
         """(fraction of samples, cumulative normalised loss) at ``points`` evenly spaced fractions in [0, 1]."""
-        cdf = cumulative_loss(self.losses(kind, gamma))
-        fraction = torch.linspace(0, 1, points, dtype=torch.float64)
-        if cdf.numel() == 0:
-            return fraction, torch.zeros_like(fraction)
-        # The first k samples (fraction k / n) hold cdf[k - 1]; 0 samples hold 0.
-        index = (fraction * cdf.numel()).round().long()
-        return fraction, torch.cat([cdf.new_zeros(1), cdf])[index]
+        key = (kind, float(gamma), points)
+        if key not in self._curves:  # a slider redraws the same γ = 0 curves at every move: sort 10⁶ samples once
+            cdf = cumulative_loss(self.losses(kind, gamma))
+            fraction = torch.linspace(0, 1, points, dtype=torch.float64)
+            # The first k samples (fraction k / n) hold cdf[k - 1]; 0 samples hold 0.
+            index = (fraction * cdf.numel()).round().long()
+            self._curves[key] = (fraction, torch.cat([cdf.new_zeros(1), cdf])[index] if cdf.numel()
+                                 else torch.zeros_like(fraction))
+        return self._curves[key]
 
     def shares(self, fractions: Sequence[float] = HARDEST_FRACTIONS) -> dict[tuple[str, float], dict[float, float]]:
         """{(kind, γ): {fraction: share of the loss held by that hardest fraction}} for each γ."""

@@ -43,7 +43,8 @@ __all__ = ["DETECTORS", "PAPER", "Entry", "ImagesOnly", "TorchvisionDetector", "
 #: The torchvision detectors the comparison knows, with the design each stands for.
 DETECTORS = {
     "faster_rcnn": "two-stage: RPN + Fast R-CNN head on 512 sampled RoIs at 1:3 fg:bg (FPN, the paper's FPN Faster R-CNN)",
-    "ssd300": "one-stage, hard negative mining 3:1: SSD300 on VGG-16 (the paper's SSD)",
+    "ssd300": "one-stage, hard negative mining 3:1: SSD300 on VGG-16 (the original SSD; the paper's SSD513 is on "
+              "ResNet-101)",
     "ssdlite": "one-stage, hard negative mining 3:1: SSDlite320 on MobileNetV3 (a small SSD for CPUs)",
 }
 

@@ -127,6 +127,10 @@ def fl_not_summed(x, t, gamma, alpha):
     return -alpha_t(t, alpha) * (1 - lp.exp()) ** gamma * lp
 
 
+def fl_new_graph(x, t, gamma, alpha):
+    return torch.tensor(solutions.focal_loss(x, t, gamma, alpha).item(), requires_grad=True)
+
+
 def fl_no_graph(x, t, gamma, alpha):
     with torch.no_grad():
         return solutions.focal_loss(x, t, gamma, alpha)
@@ -147,6 +151,7 @@ def fl_no_graph(x, t, gamma, alpha):
         (fl_item, "not a Python number"),
         (fl_not_summed, "with shape ()"),
         (fl_no_graph, "has no gradient"),
+        (fl_new_graph, "not computed from the inputs"),
     ],
     ids=lambda v: getattr(v, "__name__", ""),
 )
@@ -314,9 +319,22 @@ def test_normalised_loss_mistakes(mistake, keyword):
     assert_caught(ex.check_normalised_loss(partial(divided, **mistake)), keyword)
 
 
-def test_normalised_loss_keeps_its_gradient():
-    as_float = lambda c, b, y: solutions.normalised_loss(c, b, y).item()  # noqa: E731
-    assert_caught(ex.check_normalised_loss(as_float), "not a Python number")
+@pytest.mark.parametrize(
+    "wrong, keyword",
+    [
+        (lambda c, b, y: solutions.normalised_loss(c, b, y).item(), "not a Python number"),
+        (lambda c, b, y: torch.tensor(float(solutions.normalised_loss(c, b, y).detach()), requires_grad=True),
+         "not computed from the inputs"),
+        (lambda c, b, y: solutions.normalised_loss(c, b, y).detach().requires_grad_(), "not computed from the inputs"),
+        (lambda c, b, y: solutions.normalised_loss(c, b.detach(), y), "cut out of the graph"),
+        (lambda c, b, y: solutions.normalised_loss(c, b, y) + 0 * c.detach() - (c - c.detach()) * 0.5,
+         "cut out of the graph"),
+    ],
+    ids=["item", "new tensor", "detached and re-attached", "box detached", "half the cls gradient"],
+)
+def test_normalised_loss_keeps_its_gradient(wrong, keyword):
+    """Values alone can't tell these apart from the solution: the check compares gradients too."""
+    assert_caught(ex.check_normalised_loss(wrong), keyword)
 
 
 # Lesson 5: CDF ---------------------------------------------------------------------------
@@ -411,11 +429,14 @@ def test_sample_counts_solution_and_a_learner_version_pass():
         (partial(counts, cap_pos=False), "more positives than there are"),
         (partial(counts, top_up=False), "filled up with negatives"),
         (partial(counts, cap_neg=False), "more negatives than there are"),
+        (partial(counts, share=lambda b, f: math.ceil(b * f)), "round the positives' share up"),
+        (partial(counts, share=lambda b, f: round(b * f)), "to the nearest whole number"),
         (lambda *a: counts(*a)[0], "Return a pair"),
         (lambda *a: (float(counts(*a)[0]), counts(*a)[1]), "whole numbers"),
         (lambda *a: (_ for _ in ()).throw(NotImplementedError), "Not written yet"),
     ],
-    ids=["inverted", "positives uncapped", "no top-up", "negatives uncapped", "one number", "floats", "stub"],
+    ids=["inverted", "positives uncapped", "no top-up", "negatives uncapped", "ceil", "round", "one number", "floats",
+         "stub"],
 )
 def test_sample_counts_mistakes(wrong, keyword):
     assert_caught(ex.check_sample_counts(wrong), keyword)

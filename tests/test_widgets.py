@@ -87,3 +87,23 @@ def test_matching_explorer_follows_thresholds(monkeypatch, capsys):
     n = len(calls)
     bg.value = 0.9  # above fg: refused with a message, nothing drawn
     assert len(calls) == n and "must not exceed" in capsys.readouterr().out
+
+
+def test_cdf_explorer_redraws_the_chosen_gamma_and_sorts_each_curve_once(monkeypatch):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    result = analysis.LossCDF(positives=torch.randn(500, generator=g), negatives=torch.randn(5000, generator=g) + 4)
+    drawn, sorted_sizes = [], []
+    real_figure, real_cumulative = plots.cdf_figure, analysis.cumulative_loss
+    monkeypatch.setattr(plots, "cdf_figure", lambda r, gammas: drawn.append(gammas) or real_figure(r, gammas=gammas))
+    monkeypatch.setattr(analysis, "cumulative_loss", lambda l: sorted_sizes.append(l.numel()) or real_cumulative(l))
+    slider, output = widgets.cdf_explorer(result, gamma=2.0).children
+    assert isinstance(output, W.Output) and not slider.continuous_update and (slider.min, slider.max) == (0.0, 5.0)
+    assert drawn == [(0.0, 2.0)]
+    slider.value = 0.5
+    assert drawn[-1] == (0.0, 0.5)
+    assert sorted(sorted_sizes) == [500] * 3 + [5000] * 3  # γ = 0, 2 and 0.5 for each kind: the CE curves once
+    slider.value = 2.0
+    assert drawn[-1] == (0.0, 2.0) and len(sorted_sizes) == 6  # seen before: nothing sorted again
+    assert result.curve("negatives", 0.5) is result.curve("negatives", 0.5)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,9 @@ def _finite(result: Any) -> bool:
 
 
 def _show(result: Any) -> str:
-    """A short printout: the values of a small tensor, the shape of a big one."""
+    """A short printout: the values of a small tensor, the shape of a big one (named parts named)."""
+    if isinstance(result, tuple) and hasattr(result, "_fields"):
+        return ", ".join(f"{name} {_show(r)}" for name, r in zip(result._fields, result))
     if isinstance(result, tuple):
         return "(" + ", ".join(_show(r) for r in result) + ")"
     if result.numel() > 12:
@@ -135,6 +137,11 @@ class _Trial:
 def _like(variant: Callable, on: Optional[Sequence[str]] = None) -> Callable[[_Trial], bool]:
     """Diagnose: the learner's function behaves like the known-wrong ``variant``."""
     return lambda trial: trial.like(variant, on)
+
+
+def _values_right_gradients_wrong(trial: _Trial) -> bool:
+    """Diagnose: every loss value right, some gradient wrong (a piece cut out of the graph)."""
+    return all(_close(trial.got[c].loss, trial.expected[c].loss) for c in trial.got)
 
 
 def _wrong_only_on(case: str, finite: bool) -> Callable[[_Trial], bool]:
@@ -198,13 +205,38 @@ def _tensor(out: Any, shape: tuple, what: str, kind: str = "float") -> Tensor:
     return out
 
 
+class _LossAndGradients(NamedTuple):
+    """What a loss exercise compares: the value, and its gradient with respect to each input."""
+
+    loss: Tensor
+    gradients: tuple[Tensor, ...]
+
+
+def _loss_and_gradients(out: Any, inputs: tuple[Tensor, ...], what: str) -> _LossAndGradients:
+    """The learner's loss ``out`` and its gradients with respect to ``inputs`` (zero where none reaches one)."""
+    loss = _with_gradient(out, what)
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    if all(g is None for g in grads):
+        raise _Invalid(
+            f"Your {what} is not computed from the inputs: no gradient reaches them (a result rebuilt with "
+            "`torch.tensor(...)` or `.requires_grad_()` starts a new graph)"
+        )
+    return _LossAndGradients(loss.detach(), tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)))
+
+
+_CUT_FROM_GRAPH = (
+    "Your values are right but a gradient is not: part of the computation is cut out of the graph "
+    "(`.detach()`, `.item()`, `float()` or `torch.no_grad()`), so training would not see it."
+)
+
+
 def _with_gradient(out: Any, what: str) -> Tensor:
-    """A 0-d loss that still carries its gradient."""
+    """A 0-d loss that still carries its gradient; ``what`` names it without an article ("loss")."""
     if isinstance(out, (float, int)):
         raise _Invalid(
-            f"Return {what} as a 0-d torch tensor, not a Python number: `.item()` and `float()` drop its gradient"
+            f"Return the {what} as a 0-d torch tensor, not a Python number: `.item()` and `float()` drop its gradient"
         )
-    loss = _tensor(out, (), what)
+    loss = _tensor(out, (), f"the {what}")
     if not loss.requires_grad:
         raise _Invalid(
             f"Your {what} has no gradient: keep it a torch computation on the inputs "
@@ -255,11 +287,9 @@ def _reference_focal_loss(logits: Tensor, targets: Tensor, gamma: float, alpha: 
     return _kit_focal_loss(logits, targets, gamma, alpha)
 
 
-def _run_loss(fn: Callable, args: tuple) -> tuple[Tensor, Tensor]:
+def _run_loss(fn: Callable, args: tuple) -> _LossAndGradients:
     """The loss and its gradient with respect to the logits."""
-    loss = _with_gradient(fn(*args), "the loss (the sum over all entries)")
-    (grad,) = torch.autograd.grad(loss, args[0])
-    return loss.detach(), grad
+    return _loss_and_gradients(fn(*args), args[:1], "loss (the sum over all entries)")
 
 
 def _modulating(p_t: Tensor, p: Tensor, gamma: float) -> Tensor:
@@ -300,6 +330,7 @@ _FOCAL_MISTAKES = (
      "Your loss has the right values but the wrong gradient: the modulating factor (1 − p_t)^γ is cut out of "
      "the graph (`.detach()`, `.item()` or `torch.no_grad()`). Keep it in: the gradient of the whole product "
      "trains the model (Appendix B)."),
+    (_values_right_gradients_wrong, _CUT_FROM_GRAPH),
     (_like(_focal_variant(reduce=torch.mean), _MODERATE),
      "Your loss is averaged; return the sum over all entries (`.sum()`). RetinaNet divides that sum by the "
      "number of foreground anchors later (lesson 4)."),
@@ -584,8 +615,9 @@ def _reference_normalised(cls_loss_sum: Tensor, box_loss_sum: Tensor, labels: Te
     return cls_loss_sum / normaliser + box_loss_sum / normaliser
 
 
-def _run_normalised(fn: Callable, args: tuple) -> Tensor:
-    return _with_gradient(fn(*args), "the normalised loss").detach()
+def _run_normalised(fn: Callable, args: tuple) -> _LossAndGradients:
+    """The loss and its gradients with respect to the two sums."""
+    return _loss_and_gradients(fn(*args), args[:2], "normalised loss")
 
 
 def _divided_by(count: Callable[[Tensor], Tensor], box_too: bool = True) -> Callable:
@@ -608,6 +640,7 @@ _NORMALISE_MISTAKES = (
      "Class 0 is an object too: foreground is label ≥ 0, not > 0 (−1 is background, −2 ignored)."),
     (_like(_divided_by(lambda labels: (labels >= 0).sum(), box_too=False)),
      "Divide the box loss by the foreground count as well, not only the classification loss."),
+    (_values_right_gradients_wrong, _CUT_FROM_GRAPH),
     (_wrong_only_on("no foreground anchors", finite=False),
      "A batch without any foreground anchor makes you divide by 0: use max(1, count) — the sums are then "
      "the background's loss alone, and 0 for the boxes."),
@@ -822,6 +855,12 @@ _SAMPLE_MISTAKES = (
      "batch_size − (the positives actually taken), not a fixed batch_size × (1 − positive_fraction)."),
     (_like(_counts(_SHARE, cap_neg=False)),
      "You cannot sample more negatives than there are: cap them at num_neg."),
+    (_like(_counts(lambda batch, fraction: math.ceil(batch * fraction))),
+     "You round the positives' share up; torchvision takes int(batch_size × positive_fraction), rounding down, "
+     "so the positives never exceed their fraction."),
+    (_like(_counts(lambda batch, fraction: round(batch * fraction))),
+     "You round the positives' share to the nearest whole number; torchvision takes int(batch_size × "
+     "positive_fraction), rounding down, so the positives never exceed their fraction."),
 )
 
 
@@ -837,6 +876,8 @@ def check_sample_counts(learner_fn: Callable) -> Feedback:
         _Case("few negatives (100)", (1000, 100, 512, 0.25)),
         _Case("no positives", (0, 300, 512, 0.25)),
         _Case("the RPN's rule (256 at 0.5)", (100, 1000, 256, 0.5)),
+        _Case("a share that is not whole (134 at 0.25: 33.5 positives)", (100, 1000, 134, 0.25)),
+        _Case("another share that is not whole (130 at 0.25: 32.5 positives)", (100, 1000, 130, 0.25)),
     )
     return _check(learner_fn, _Exercise(
         "sample_counts", _reference_sample_counts, _run_counts, cases, _SAMPLE_MISTAKES,
