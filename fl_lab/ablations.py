@@ -118,7 +118,8 @@ def table1_base(gpu: bool, fast: bool = False) -> Config:
     two CPU cores, enough to show the prior's effect, too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for the
     16 runs to take about 20 minutes on one H100 (an estimate: not yet timed on one).
-    otherwise (full size on a CPU): the ``cpu-fast`` preset as it is, 500 iterations (~3 min a run).
+    otherwise (full size on a CPU): the ``cpu-fast`` preset as it is, 500 iterations (~1.5 min a run; the
+    16 took 24 min on two CPU cores, results/table1_cpu).
     """
     every = {"log_every": 1}  # every step in the log: lesson 06 plots each run's whole curve
     if fast:
