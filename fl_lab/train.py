@@ -225,10 +225,10 @@ def train(
         start = resume_from["step"]
     main = not dist.is_initialized() or dist.get_rank() == 0
     out = Path(out) if out is not None and main else None
-    log = _open_log(out, start) if out else None
     end = steps if stop_after is None else min(steps, stop_after)
     if end < start:  # the checkpoint would be relabelled with an earlier step and resume wrongly
         raise ValueError(f"stop_after={stop_after} is before the checkpoint's step {start}: nothing to run")
+    log = _open_log(out, start) if out else None
 
     def checkpoint(step: int) -> None:
         if out:
