@@ -14,11 +14,14 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile tools/jupyterlab_overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else f"fl_lab needs Python >= 3.10; $(BIN)/python is {v.major}.{v.minor}. Remove $(VENV) and run again with PYTHON=python3.1x")'
 	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e ".[lab,test]"
+	# JupyterLab's defaults for the kit's learners: no "get notified about Jupyter news?" pop-up, no update check.
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp tools/jupyterlab_overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
 
 # JupyterLab's own defaults protect the learner: it listens on localhost only and asks for

@@ -1,17 +1,17 @@
 """The paper's Table 1 at small scale: each ablation is a training configuration (lesson 06).
 
-A run is a :class:`fl_lab.train.Config` changed in a few fields -- the loss, γ, α, OHEM's
-settings or the prior initialisation -- trained by :func:`fl_lab.train.run` and scored by the
-same COCO AP. :func:`run_ablations` runs a grid and keeps each run's folder, so a second call
-reads finished runs back instead of training them again. :func:`check_orderings` tests the
-paper's conclusions on the results: FL (γ = 2) beats the best α-balanced CE (Table 1a/b) and
-the best OHEM (Table 1d), and CE without the prior initialisation fails (§3.3, §4.1).
+A row is a :class:`fl_lab.train.Config` changed in a few fields -- the loss, γ, α, OHEM's
+settings or the prior initialisation -- trained by :func:`fl_lab.train.run` over several seeds
+(:func:`fl_lab.experiment.run_seeds`) and scored by the same COCO AP. :func:`run_ablations`
+keeps each run's folder, so a second call reads finished runs back instead of training them
+again. :func:`check_orderings` tests the paper's conclusions on the results, each against
+its seed-to-seed noise: FL (γ = 2) beats the best α-balanced CE (Table 1a/b) and the best
+OHEM (Table 1d), and CE without the prior initialisation fails (§3.3, §5.1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +19,17 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from .analysis import Claim
-from .train import PRESETS, Config, Diverged, run
+from .analysis import NOT_TESTED, Claim, SeedStats, compare_seeds
+from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .train import PRESETS, Config
 
 __all__ = [
     "Ablation",
     "AblationResult",
     "check_orderings",
+    "figure_rows",
     "format_table",
+    "load_results",
     "run_ablations",
     "table1_base",
     "table1_grid",
@@ -51,30 +54,39 @@ class Ablation:
 
 @dataclass
 class AblationResult:
-    """What one run gave: AP metrics, or the iteration at which its loss stopped being finite."""
+    """One row of the table: its runs, one per seed (:class:`fl_lab.experiment.RunRecord`)."""
 
     ablation: Ablation
-    metrics: Optional[dict]  # fl_lab.evaluate.METRICS -> value; None if the run diverged
-    diverged_at: Optional[int]  # iteration of the first non-finite loss, else None
-    final_loss: Optional[float]  # last logged total loss
-    seconds: float  # wall time of training + evaluation when the run was made
-    out: str  # the run's folder (config, log.jsonl, last.pt, metrics)
+    runs: list[RunRecord]
+
+    def stats(self, metric: str = "AP") -> SeedStats:
+        """The metric over seeds; a diverged run counts 0 (it detects nothing)."""
+        return seed_stats(self.runs, metric)
 
     @property
     def ap(self) -> float:
-        """AP, 0 for a diverged run (it detects nothing)."""
-        return self.metrics["AP"] if self.metrics else 0.0
+        """Mean AP over seeds."""
+        return self.stats().mean
 
+    @property
+    def diverged(self) -> list[int]:
+        """The iteration at which each diverged seed's loss stopped being finite."""
+        return [r.diverged_at for r in self.runs if r.diverged_at is not None]
+
+
+SEEDS = (0, 1, 2)
+"""The seeds of every seeded result of the kit (never chosen after seeing results)."""
 
 # The groups of Table 1 that the kit reproduces (c, anchors, is lesson 02's subject).
-ALPHA_CE, FOCAL, OHEM, PRIOR = "(a) α-balanced CE", "(b) focal loss", "(d) OHEM (paper: R101)", "prior init (§3.3)"
+ALPHA_CE, FOCAL, ANCHORS, OHEM, PRIOR = ("(a) α-balanced CE", "(b) focal loss", "(c) anchors: #scales × #ratios",
+                                         "(d) OHEM (paper: R101)", "prior init (§3.3)")
 
 
-def _alpha_ce(alpha: float, paper: Optional[tuple[float, ...]]) -> Ablation:
+def alpha_ce(alpha: float, paper: Optional[tuple[float, ...]] = None) -> Ablation:
     return Ablation(f"α-CE α={alpha:g}", ALPHA_CE, dict(loss_fn="balanced_ce", alpha=alpha), paper)
 
 
-def _focal(gamma: float, alpha: float, paper: tuple[float, ...]) -> Ablation:
+def focal(gamma: float, alpha: float, paper: Optional[tuple[float, ...]] = None) -> Ablation:
     return Ablation(f"FL γ={gamma:g} α={alpha:g}", FOCAL, dict(loss_fn="focal", gamma=gamma, alpha=alpha), paper)
 
 
@@ -84,27 +96,35 @@ def _ohem(batch: int, nms: float, ratio: bool = False, paper=None, note: str = "
     return Ablation(name, OHEM, overrides, paper, note)
 
 
-FL_GAMMA_2 = _focal(2.0, 0.25, (34.0, 52.5, 36.5))
-BEST_ALPHA_CE = _alpha_ce(0.75, (31.1, 49.4, 33.0))
+def _anchors(scales: int, ratios: int, paper: float) -> Ablation:
+    return Ablation(f"anchors {scales}×{ratios}, FL γ=2", ANCHORS,
+                    dict(loss_fn="focal", gamma=2.0, alpha=0.25, anchor_scales=scales, anchor_ratios=ratios), (paper,),
+                    "3×3 is the FL γ=2 row" if scales == 1 else "")
+
+
+FL_GAMMA_2 = focal(2.0, 0.25, (34.0, 52.5, 36.5))
+BEST_ALPHA_CE = alpha_ce(0.75, (31.1, 49.4, 33.0))
 BEST_OHEM = _ohem(128, 0.5, paper=(32.8, 50.3, 35.1), note="R101; FL there: 36.0 / 54.9 / 38.7")
-NO_PRIOR = Ablation("CE (α=.5) without prior init", PRIOR, dict(loss_fn="balanced_ce", alpha=0.5, prior=None),
-                    None, "diverges quickly (§3.3)")
+NO_PRIOR = Ablation("CE without prior init", PRIOR, dict(loss_fn="ce", prior=None), None,
+                    "\"fails quickly, with the network diverging\" (§5.1)")
 
 
 def table1_grid(fast: bool = False) -> list[Ablation]:
     """The runs of lesson 06, with the paper's numbers (Table 1, COCO minival, R50 at 600 px).
 
-    Full (16 runs): (a) α-balanced CE for α ∈ {.25, .5, .75, .9, .99}; (b) FL for γ ∈ {.5, 1, 2, 5}
-    with the paper's best α for each (γ = 0 with α = .75 is row (a) α = .75); (d) OHEM with
-    batch 128 and 256 × NMS 0.5 and 0.7, and the 1:3 variant at NMS 0.5; CE without the prior init.
+    Full (18 rows): (a) α-balanced CE for α ∈ {.25, .5, .75, .9, .99}; (b) FL for γ ∈ {.5, 1, 2, 5}
+    with the paper's best α for each (γ = 0 with α = .75 is row (a) α = .75); (c) FL γ = 2 with
+    1 scale × 1 ratio and 3 scales × 1 ratio per location (3 × 3 is row (b) γ = 2); (d) OHEM
+    with batch 128 and 256 × NMS 0.5 and 0.7, and the 1:3 variant at NMS 0.5; CE without the prior init.
     Fast (4 runs): FL γ = 2, the best α-CE (α = .75), the best OHEM, CE without the prior init.
     """
     if fast:
         return [FL_GAMMA_2, BEST_ALPHA_CE, BEST_OHEM, NO_PRIOR]
     return [
-        _alpha_ce(0.25, (10.8,)), _alpha_ce(0.5, (30.2,)), BEST_ALPHA_CE, _alpha_ce(0.9, (30.8,)),
-        _alpha_ce(0.99, (28.7,)),
-        _focal(0.5, 0.5, (32.9,)), _focal(1.0, 0.25, (33.7,)), FL_GAMMA_2, _focal(5.0, 0.25, (32.2,)),
+        alpha_ce(0.25, (10.8,)), alpha_ce(0.5, (30.2,)), BEST_ALPHA_CE, alpha_ce(0.9, (30.8,)),
+        alpha_ce(0.99, (28.7,)),
+        focal(0.5, 0.5, (32.9,)), focal(1.0, 0.25, (33.7,)), FL_GAMMA_2, focal(5.0, 0.25, (32.2,)),
+        _anchors(1, 1, 30.3), _anchors(3, 1, 31.8),
         BEST_OHEM, _ohem(128, 0.7), _ohem(256, 0.5), _ohem(256, 0.7),
         _ohem(128, 0.5, ratio=True, note="best 1:3 run: 31.1 (R101)"), _ohem(256, 0.5, ratio=True),
         NO_PRIOR,
@@ -114,64 +134,46 @@ def table1_grid(fast: bool = False) -> list[Ablation]:
 def table1_base(gpu: bool, fast: bool = False) -> Config:
     """The configuration every run of the grid shares; only the ablation's own fields change.
 
-    fast (CI, any device): the ``cpu-fast`` preset cut to 150 iterations -- a minute a run on
-    two CPU cores, enough to show the prior's effect, too short for AP to separate the losses.
+    otherwise (full size on a CPU): the ``cpu-fast`` preset, the lesson regime (Shapes at 128 px,
+    one object per image, 500 iterations: about 3.5 minutes a run on two CPU cores); its
+    runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
+    fast (CI, any device): that preset cut to 150 iterations -- a minute a run, enough to
+    run the code and show the prior's effect, too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for the
     16 runs to take about 20 minutes on one H100 (an estimate: not yet timed on one).
-    otherwise (full size on a CPU): the ``cpu-fast`` preset as it is, 500 iterations (~1.5 min a run; the
-    16 took 24 min on two CPU cores, results/table1_cpu).
     """
-    every = {"log_every": 1}  # every step in the log: lesson 06 plots each run's whole curve
+    every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
-        return Config(**{**PRESETS["cpu-fast"], "steps": 150, "warmup": 30, "train_images": 600, "val_images": 48,
-                         **every})
+        return Config(**{**PRESETS["cpu-fast"], "steps": 150, "warmup": 30, "train_images": 1200, "val_images": 48,
+                         **every, "log_every": 1})
     if gpu:
         return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
-                         "val_images": 250, "checkpoint_every": 1000, **every})
+                         "val_images": 250, **every})
     return Config(**{**PRESETS["cpu-fast"], **every})
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in name)
+def ablation_folder(ablation: Ablation) -> str:
+    """The folder name of an ablation's runs: its name with only letters, digits and ".=-" kept."""
+    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in ablation.name)
 
 
 def run_ablations(
-    grid: Sequence[Ablation], base: Config, out: str | Path, progress: bool = True, rerun: bool = False
+    grid: Sequence[Ablation], base: Config, out: str | Path, seeds: Sequence[int] = SEEDS, progress: bool = True,
+    rerun: bool = False,
 ) -> list[AblationResult]:
-    """Train and evaluate every ablation of ``grid`` on ``base`` (same data, budget and seed).
+    """Train and evaluate every ablation of ``grid`` on ``base`` (same data, budget and seeds).
 
-    Each run lives in ``out/<name>/`` (the folder layout of :func:`fl_lab.train.run`) plus
-    ``ablation.json``, the run's result. A run whose folder already holds an ``ablation.json``
-    made with the same configuration is read back, not trained again (``rerun=True`` retrains).
-    A run whose loss becomes NaN/inf is recorded as diverged, with the iteration.
+    Each run lives in ``out/<name>/seed<s>/`` (the folder of :func:`fl_lab.train.run` plus
+    ``run.json``); a run already made with the same configuration is read back, not trained
+    again (``rerun=True`` retrains). A run whose loss becomes NaN/inf is recorded as diverged.
     """
-    out = Path(out)
     results = []
     for ablation in tqdm(grid, desc="ablations", disable=not progress):
         try:
-            config = dataclasses.replace(base, **ablation.overrides, out=str(out / _slug(ablation.name)), evaluate=True)
+            config = dataclasses.replace(base, **ablation.overrides, out=str(Path(out) / ablation_folder(ablation)))
         except TypeError as err:
             raise ValueError(f"ablation {ablation.name!r}: {err}") from None
-        record = Path(config.out) / "ablation.json"
-        if not rerun and record.is_file():
-            saved = json.loads(record.read_text())
-            if saved["config"] == dataclasses.asdict(config):
-                results.append(AblationResult(ablation, saved["metrics"], saved["diverged_at"], saved["final_loss"],
-                                              saved["seconds"], config.out))
-                continue
-        start = time.perf_counter()
-        try:
-            outcome = run(config, progress=progress)
-            metrics, history, diverged_at = outcome["metrics"], outcome["history"], None
-        except Diverged as err:
-            metrics, history = None, err.history
-            diverged_at = history[-1]["step"] + 1 if history else 0
-        seconds = time.perf_counter() - start
-        final = history[-1]["total"] if history else None
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"config": dataclasses.asdict(config), "metrics": metrics,
-                                      "diverged_at": diverged_at, "final_loss": final, "seconds": seconds}, indent=2))
-        results.append(AblationResult(ablation, metrics, diverged_at, final, seconds, config.out))
+        results.append(AblationResult(ablation, run_seeds(config, seeds, progress=False, rerun=rerun)))
     return results
 
 
@@ -181,17 +183,16 @@ def _paper_text(ablation: Ablation) -> str:
 
 
 def format_table(results: Sequence[AblationResult]) -> str:
-    """Our AP / AP50 / AP75 (×100, the paper's unit) beside the paper's, grouped as in Table 1."""
-    header = f"{'run':<30}{'AP':>6}{'AP50':>7}{'AP75':>7}   {'paper AP / AP50 / AP75':<40}"
+    """Our AP / AP50 / AP75 (×100, the paper's unit; mean ± std over seeds) beside the paper's, grouped as in Table 1."""
+    header = f"{'run':<30}{'AP':>16}{'AP50':>16}{'AP75':>16}   {'paper AP / AP50 / AP75':<40}"
     lines, group = [header, "-" * len(header)], None
     for r in results:
         if r.ablation.group != group:
             group = r.ablation.group
             lines.append(group)
-        if r.metrics:
-            ours = "".join(f"{100 * r.metrics[k]:>{w}.1f}" for k, w in (("AP", 6), ("AP50", 7), ("AP75", 7)))
-        else:
-            ours = f"{f'diverged at iteration {r.diverged_at}':>20}"
+        ours = "".join(f"{r.stats(k).format():>16}" for k in ("AP", "AP50", "AP75"))
+        if r.diverged:
+            ours += f"  (diverged: {len(r.diverged)} of {len(r.runs)} seeds, at iteration {', '.join(map(str, r.diverged))})"
         lines.append(f"  {r.ablation.name:<28}{ours}   {_paper_text(r.ablation)}")
     return "\n".join(lines)
 
@@ -202,12 +203,14 @@ def _best(results: Sequence[AblationResult], group: str) -> Optional[AblationRes
 
 
 def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
-    """The orderings of Table 1 that should hold, checked on ``results`` (AP, single seed).
+    """The orderings of Table 1 that should hold, each judged against the seeds' noise.
 
     1. FL with γ = 2 beats the best α-balanced CE (Table 1a vs 1b: 34.0 vs 31.1).
     2. FL with γ = 2 beats the best OHEM (Table 1d: 36.0 vs 32.8, R101).
-    3. CE without the prior initialisation diverges, or at least lags CE with it (§3.3).
-    A strict ">" is asked for: at a budget so short that every AP is 0, nothing is shown.
+    3. CE without the prior initialisation diverges, or at least lags α-CE (α = .5) with it (§5.1).
+    A claim *holds* when the mean AP difference exceeds 2 standard errors, *fails* when it is
+    reversed by as much, and is *within noise* otherwise (:func:`fl_lab.analysis.compare_seeds`);
+    "the best" row of a group is the one with the highest mean AP. A run that diverged counts AP 0.
     """
     by_name = {r.ablation.name: r for r in results}
     focal = by_name.get(FL_GAMMA_2.name)
@@ -215,21 +218,34 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
     for text, rival in (("FL (γ = 2) beats the best α-balanced CE", _best(results, ALPHA_CE)),
                         ("FL (γ = 2) beats the best OHEM", _best(results, OHEM))):
         if focal is None or rival is None:
-            claims.append(Claim(text, None, "not in this grid"))
+            claims.append(Claim(text, NOT_TESTED, "not in this grid"))
         else:
-            claims.append(Claim(text, focal.ap > rival.ap,
-                                f"AP {100 * focal.ap:.1f} vs {100 * rival.ap:.1f} ({rival.ablation.name})"))
-    text = "CE without the prior init diverges or lags CE with it"
+            claims.append(compare_seeds(text, focal.stats().values, rival.stats().values,
+                                        names=(focal.ablation.name, rival.ablation.name)))
+    text = "CE without the prior init diverges or lags α-CE with it"
     no_prior = by_name.get(NO_PRIOR.name)
-    with_prior = by_name.get(_alpha_ce(0.5, None).name) or _best(results, ALPHA_CE)
+    with_prior = by_name.get(alpha_ce(0.5).name) or _best(results, ALPHA_CE)
     if no_prior is None or with_prior is None:
-        claims.append(Claim(text, None, "not in this grid"))
-    elif no_prior.diverged_at is not None:
-        claims.append(Claim(text, True, f"diverged at iteration {no_prior.diverged_at}"))
+        claims.append(Claim(text, NOT_TESTED, "not in this grid"))
+    elif len(no_prior.diverged) == len(no_prior.runs):
+        claims.append(Claim.check(text, True, f"diverged in every seed, at iteration {', '.join(map(str, no_prior.diverged))}"))
     else:
-        claims.append(Claim(text, no_prior.ap < with_prior.ap,
-                            f"AP {100 * no_prior.ap:.1f} vs {100 * with_prior.ap:.1f} ({with_prior.ablation.name})"))
+        claims.append(compare_seeds(text, with_prior.stats().values, no_prior.stats().values,
+                                    names=(with_prior.ablation.name, no_prior.ablation.name)))
     return claims
+
+
+def load_results(path: str | Path) -> list[AblationResult]:
+    """The rows of a ``table1.json`` written by ``python -m fl_lab.ablations --results`` (what lessons read)."""
+    rows = read_results(path, "python -m fl_lab.ablations")["rows"]
+    return [AblationResult(Ablation(r["name"], r["group"], r["overrides"], tuple(r["paper"]) if r["paper"] else None,
+                                    r["paper_note"]), [RunRecord(**run) for run in r["runs"]]) for r in rows]
+
+
+def figure_rows(results: Sequence[AblationResult]) -> list[dict]:
+    """The plain data :func:`fl_lab.plots.ablations_figure` draws: name, group, AP per seed, paper AP, diverged seeds."""
+    return [{"name": r.ablation.name, "group": r.ablation.group, "ap": list(r.stats().values),
+             "paper": r.ablation.paper[0] if r.ablation.paper else None, "diverged": len(r.diverged)} for r in results]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -252,31 +268,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (the GPU base when CUDA is present), cpu or cuda")
     parser.add_argument("--out", default="runs/table1", help="folder of the runs (finished runs are read back)")
     parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
     args = parser.parse_args(argv)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else SEEDS)
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}")
 
     import torch
 
     gpu = args.device != "cpu" and torch.cuda.is_available()
     base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast), device=args.device)
     start = time.perf_counter()
-    results = run_ablations(table1_grid(fast=args.fast), base, args.out)
+    results = run_ablations(table1_grid(fast=args.fast), base, args.out, seeds)
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if gpu else "CPU"
-    text = "\n\n".join([f"{len(results)} runs of {base.steps} iterations on {device}, {wall:.0f} s in all",
+    made = sum(r.seconds for a in results for r in a.runs)
+    text = "\n\n".join([f"{len(results)} rows × {len(seeds)} seeds of {base.steps} iterations on {device}: "
+                         f"{made / 60:.0f} min of training and evaluation when the runs were made",
                         format_table(results), format_claims(check_orderings(results))])
     print(text)
     if args.results:
         folder = Path(args.results)
-        folder.mkdir(parents=True, exist_ok=True)
         command = "python -m fl_lab.ablations " + " ".join(sys.argv[1:] if argv is None else argv)
-        (folder / "table1.txt").write_text(f"$ {command}\n\n{text}\n")
-        (folder / "table1.json").write_text(json.dumps({
-            "command": command, "device": device, "wall_s": wall, "base": dataclasses.asdict(base),
-            "runs": [{"name": r.ablation.name, "group": r.ablation.group, "metrics": r.metrics,
-                      "diverged_at": r.diverged_at, "final_loss": r.final_loss, "seconds": r.seconds,
-                      "paper": r.ablation.paper} for r in results],
-            "claims": [dataclasses.asdict(c) for c in check_orderings(results)]}, indent=2))
-        plots.ablations_figure(results, title=f"Table 1 at small scale ({device})").savefig(folder / "table1.png", dpi=100)
+        write_results(folder, "table1", command, text, {
+            "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
+            "rows": [{**dataclasses.asdict(r.ablation), "runs": [dataclasses.asdict(run) for run in r.runs]}
+                     for r in results],
+            "claims": [dataclasses.asdict(c) for c in check_orderings(results)]})
+        plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {len(seeds)} seeds)"
+                               ).savefig(folder / "table1.png", dpi=100)
     return 0
 
 

@@ -112,7 +112,7 @@ class AssignedTargets:
 
     @property
     def num_foreground(self) -> int:
-        """The paper's loss normaliser: anchors assigned to a ground-truth box (§3.3)."""
+        """The paper's loss normaliser: anchors assigned to a ground-truth box (§4.1)."""
         return int(self.foreground.sum())
 
 

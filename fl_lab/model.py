@@ -21,9 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
 from functools import partial
-from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -37,8 +35,10 @@ from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder
-from .loss import balanced_cross_entropy, focal_loss, focal_loss_star, ohem_loss
+from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
 from .matcher import AssignedTargets, Matcher, assign_targets, pad_targets
+from .ohem import ohem_loss
+from .weights import from_torchvision_keys, load_backbone_weights
 
 __all__ = ["LOSS_FUNCTIONS", "RetinaNet", "RetinaNetOutput"]
 
@@ -193,7 +193,7 @@ class RetinaNet(nn.Module):
         frozen = backbone_weights is not None if frozen_bn is None else frozen_bn
         resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
         if backbone_weights is not None:
-            _load_backbone_weights(resnet, backbone_weights)
+            load_backbone_weights(resnet, backbone_weights)
             for module in (resnet.conv1, resnet.layer1):  # stem and res2 stay fixed (detectron's FREEZE_AT = 2)
                 module.requires_grad_(False)
         c3, c4, c5 = _BACKBONES[backbone]
@@ -285,6 +285,7 @@ class RetinaNet(nn.Module):
         box_loss: str = "l1",
         beta: float = 0.1,
         normalize: str = "batch",
+        cls_weight: float = 1.0,
     ) -> dict[str, Tensor]:
         """The training loss of a batch: classification over all anchors + box regression on foreground.
 
@@ -297,21 +298,26 @@ class RetinaNet(nn.Module):
                 anchors after NMS 0.5), or a callable ``f(logits (B, A, K), labels (B, A),
                 reduction="sum"|"none")`` in the form of :func:`fl_lab.loss.focal_loss` (e.g.
                 ``partial(focal_loss, gamma=1, alpha=0.5)``). A callable with a ``boxes``
-                parameter (as :func:`fl_lab.loss.ohem_loss`) also gets ``boxes=`` the predicted
+                parameter (as :func:`fl_lab.ohem.ohem_loss`) also gets ``boxes=`` the predicted
                 boxes (B, A, 4), decoded without gradient.
             box_loss: "l1" (torchvision, detectron2) or "smooth_l1" (the paper) with ``beta``.
-            normalize: "batch" — divide both sums by the batch's foreground-anchor count (§3.3;
+            normalize: "batch" — divide both sums by the batch's foreground-anchor count (§4.1;
                 under torch.distributed, the whole batch's count, all-reduced);
                 "per_image" — per image by its own count, then average (torchvision);
                 "ema" — by a running average of the count (detectron2, momentum 0.9).
+            cls_weight: the classification loss's weight in ``total`` (the paper: 1). A control
+                of the kit's FL-vs-CE study: it changes the loss's size, not its shape.
 
         Returns:
-            dict with ``cls``, ``box``, ``total`` (scalars) and ``num_foreground``.
+            dict with ``cls`` (unweighted), ``box``, ``total`` = cls_weight · cls + box (scalars)
+            and ``num_foreground``.
         """
         if normalize not in _NORMALIZE:
             raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
         if box_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"box_loss must be 'l1' or 'smooth_l1', got {box_loss!r}")
+        if not (isinstance(cls_weight, (int, float)) and cls_weight > 0 and math.isfinite(cls_weight)):
+            raise ValueError(f"cls_weight must be a positive finite number, got {cls_weight!r}")
         if isinstance(loss_fn, str):
             if loss_fn not in LOSS_FUNCTIONS:
                 raise ValueError(f"loss_fn must be one of {sorted(LOSS_FUNCTIONS)} or a callable, got {loss_fn!r}")
@@ -355,7 +361,7 @@ class RetinaNet(nn.Module):
                     self.foreground_ema.copy_(normaliser.detach())
             cls = loss_fn(cls_logits, assigned.labels, reduction="sum", **extra) / normaliser
             box = box_per_anchor.sum() / normaliser
-        return {"cls": cls, "box": box, "total": cls + box, "num_foreground": fg_per_image.sum()}
+        return {"cls": cls, "box": box, "total": cls_weight * cls + box, "num_foreground": fg_per_image.sum()}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -470,19 +476,7 @@ class RetinaNet(nn.Module):
         else:
             state = dict(model_or_state_dict)
         bn_eps = 0.0 if bn_eps is None else float(bn_eps)
-        renamed = {}
-        for key, value in state.items():
-            if key.endswith("num_batches_tracked"):
-                continue  # a BatchNorm counter; frozen BatchNorm has none
-            # torchvision < 0.13 saved the head convs as conv.N.weight; now conv.N.0.weight.
-            key = re.sub(r"^(head\.\w+_head\.conv\.\d+)\.(weight|bias)$", r"\1.0.\2", key)
-            for old, new in _TORCHVISION_KEYS:
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-            renamed[key] = value
-        if "class_subnet.out.weight" not in renamed:
-            raise ValueError("not a torchvision RetinaNet state dict: 'head.classification_head.cls_logits.weight' is missing")
+        renamed = from_torchvision_keys(state)
         num_anchors = renamed["box_subnet.out.weight"].shape[0] // 4
         num_classes = renamed["class_subnet.out.weight"].shape[0] // num_anchors
         model = cls(num_classes, backbone="resnet50", p6_from="p5", anchor_generator=AnchorGenerator.torchvision(),
@@ -495,36 +489,3 @@ class RetinaNet(nn.Module):
         if missing or unexpected:
             raise ValueError(f"torchvision state dict does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
-
-
-# torchvision's module names -> fl_lab's (the backbone is the same torchvision module).
-_TORCHVISION_KEYS = (
-    ("head.classification_head.conv.", "class_subnet.conv."),
-    ("head.classification_head.cls_logits.", "class_subnet.out."),
-    ("head.regression_head.conv.", "box_subnet.conv."),
-    ("head.regression_head.bbox_reg.", "box_subnet.out."),
-)
-
-
-def _load_backbone_weights(resnet: nn.Module, weights: Union[str, os.PathLike, torchvision.models.WeightsEnum]) -> None:
-    """Load ImageNet weights into ``resnet`` from a file or from the torch hub cache; never download."""
-    if isinstance(weights, torchvision.models.WeightsEnum):
-        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{weights} is not in the torch hub cache ({path}). fl_lab downloads nothing: fetch "
-                f"{weights.url} on a machine with internet and copy it there, or pass the file's path."
-            )
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    try:
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shapes differ: weights of another depth
-        raise ValueError(f"{path} does not fit this ResNet: {str(err).splitlines()[1].strip()} …") from None
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit this ResNet: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -16,7 +16,8 @@ from .anchors import AnchorGenerator, level_names
 from .boxes import box_iou_batched
 from .matcher import Matcher
 
-__all__ = ["anchor_explorer", "cdf_explorer", "focal_loss_explorer", "imbalance_explorer", "matching_explorer"]
+__all__ = ["anchor_explorer", "cdf_explorer", "focal_loss_explorer", "gradient_explorer", "imbalance_explorer",
+           "matching_explorer"]
 
 
 def _slider(description: str, value: float, low: float, high: float, step: float) -> W.FloatSlider:
@@ -44,6 +45,16 @@ def focal_loss_explorer(gamma: float = 2.0, alpha: float = 0.25) -> W.VBox:
         display(plots.loss_explorer_figure(gamma, alpha))
 
     return W.VBox([W.HBox(list(sliders.values())), W.interactive_output(render, sliders)])
+
+
+def gradient_explorer(gamma: float = 2.0) -> W.VBox:
+    """A γ slider over :func:`fl_lab.plots.gradient_figure`: CE's gradient beside FL's at the slider's γ."""
+    slider = _slider("γ", gamma, 0.0, 5.0, 0.1)
+
+    def render(gamma: float) -> None:
+        display(plots.gradient_figure((0.0, gamma)))
+
+    return W.VBox([slider, W.interactive_output(render, {"gamma": slider})])
 
 
 def imbalance_explorer(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 0.25) -> W.VBox:

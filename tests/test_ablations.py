@@ -6,16 +6,17 @@ import json
 import pytest
 
 from fl_lab import plots
-from fl_lab.ablations import (Ablation, AblationResult, check_orderings, format_table, run_ablations, table1_base,
-                             table1_grid)
-from fl_lab.analysis import format_claims
+from fl_lab.ablations import (Ablation, AblationResult, check_orderings, figure_rows, format_table, run_ablations,
+                             table1_base, table1_grid)
+from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, format_claims
+from fl_lab.experiment import RunRecord
 from fl_lab.train import Config
 
 
 def test_grid_follows_the_paper():
     grid = table1_grid()
     names = [a.name for a in grid]
-    assert len(grid) == len(set(names)) == 16
+    assert len(grid) == len(set(names)) == 18
     paper = {a.name: a.paper for a in grid}
     # Table 1a/1b as in ../shared/PAPER.md
     assert paper["α-CE α=0.75"] == (31.1, 49.4, 33.0) and paper["α-CE α=0.25"] == (10.8,)
@@ -26,6 +27,9 @@ def test_grid_follows_the_paper():
     ohem = [a.overrides for a in grid if a.overrides["loss_fn"] == "ohem"]
     assert {(o["ohem_batch"], o["ohem_nms"]) for o in ohem} == {(128, 0.5), (128, 0.7), (256, 0.5), (256, 0.7)}
     assert sum(o["ohem_max_pos_fraction"] == 0.25 for o in ohem) == 2
+    anchors = {(a.overrides["anchor_scales"], a.overrides["anchor_ratios"]): a.paper for a in grid
+               if "anchor_scales" in a.overrides}
+    assert anchors == {(1, 1): (30.3,), (3, 1): (31.8,)}  # Table 1c; 3×3 is the FL γ=2 row
     no_prior = [a for a in grid if "prior" in a.overrides]
     assert len(no_prior) == 1 and no_prior[0].overrides["prior"] is None
     fast = table1_grid(fast=True)
@@ -40,31 +44,33 @@ def tiny(out, **kw) -> Config:
                             out=str(out), checkpoint_every=0, log_every=1, device="cpu"), **kw})
 
 
-def test_runner_trains_evaluates_reads_back_and_records_divergence(tmp_path):
+def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
     grid = [
         Ablation("fl", "g1", dict(loss_fn="focal")),
         Ablation("ohem", "g2", dict(loss_fn="ohem", ohem_batch=16)),
         Ablation("blow up", "g3", dict(loss_fn="ce", prior=None, lr=1e8, warmup=0)),
     ]
-    results = run_ablations(grid, tiny(tmp_path / "base"), tmp_path / "abl", progress=False)
+    results = run_ablations(grid, tiny(tmp_path / "base"), tmp_path / "abl", seeds=(0, 1), progress=False)
     fl, ohem, blow = results
-    assert set(fl.metrics) >= {"AP", "AP50", "AP75"} and 0.0 <= fl.metrics["AP"] <= 1.0
-    assert ohem.metrics is not None and ohem.diverged_at is None and ohem.final_loss > 0
-    assert blow.metrics is None and blow.diverged_at is not None and blow.ap == 0.0
-    record = json.loads((tmp_path / "abl" / "ohem" / "ablation.json").read_text())
-    assert record["config"]["loss_fn"] == "ohem" and record["config"]["ohem_batch"] == 16
-    assert (tmp_path / "abl" / "fl" / "metrics.json").is_file() and ohem.out == str(tmp_path / "abl" / "ohem")
+    assert [r.seed for r in fl.runs] == [0, 1] and fl.stats().n == 2
+    assert set(fl.runs[0].metrics) >= {"AP", "AP50", "AP75"} and 0.0 <= fl.ap <= 1.0
+    assert all(r.metrics is not None and r.diverged_at is None and r.final["total"] > 0 for r in ohem.runs)
+    assert blow.diverged == [r.diverged_at for r in blow.runs] and len(blow.diverged) == 2 and blow.ap == 0.0
+    record = json.loads((tmp_path / "abl" / "ohem" / "seed1" / "run.json").read_text())
+    assert record["config"]["loss_fn"] == "ohem" and record["config"]["ohem_batch"] == 16 and record["config"]["seed"] == 1
+    assert (tmp_path / "abl" / "fl" / "seed0" / "metrics.json").is_file()
+    assert ohem.runs[0].out == str(tmp_path / "abl" / "ohem" / "seed0")
+    assert fl.runs[0].final != fl.runs[1].final  # another seed: other weights, data and order
 
-    again = run_ablations(grid[:1], tiny(tmp_path / "base"), tmp_path / "abl", progress=False)
-    assert again[0].seconds == fl.seconds and again[0].final_loss == fl.final_loss  # read back, not retrained
-    assert json.dumps(again[0].metrics) == json.dumps(fl.metrics)  # (NaN for empty size ranges != NaN)
-    changed = run_ablations(grid[:1], tiny(tmp_path / "base", steps=2), tmp_path / "abl", progress=False)
-    assert json.loads((tmp_path / "abl" / "fl" / "ablation.json").read_text())["config"]["steps"] == 2
-    assert changed[0].final_loss != fl.final_loss  # a changed base config trains again
+    again = run_ablations(grid[:1], tiny(tmp_path / "base"), tmp_path / "abl", seeds=(0, 1), progress=False)
+    assert [r.seconds for r in again[0].runs] == [r.seconds for r in fl.runs]  # read back, not retrained
+    changed = run_ablations(grid[:1], tiny(tmp_path / "base", steps=2), tmp_path / "abl", seeds=(0,), progress=False)
+    assert json.loads((tmp_path / "abl" / "fl" / "seed0" / "run.json").read_text())["config"]["steps"] == 2
+    assert changed[0].runs[0].final != fl.runs[0].final  # a changed base config trains again
 
     table = format_table(results)
-    assert "diverged at iteration" in table and table.splitlines()[2] == "g1"
-    fig = plots.ablations_figure(results)
+    assert "diverged: 2 of 2 seeds" in table and table.splitlines()[2] == "g1" and " ± " in table
+    fig = plots.ablations_figure(figure_rows(results))
     ours, paper = fig.axes
     assert [t.get_text() for t in ours.get_yticklabels()] == ["fl", "ohem", "blow up"]
     assert list(ours.get_yticks()) == [2, 1, 0]  # the first run on top
@@ -76,24 +82,33 @@ def test_runner_rejects_an_unknown_field(tmp_path):
         run_ablations([Ablation("bad", "g", dict(learning_rate=1))], tiny(tmp_path), tmp_path, progress=False)
 
 
-def result(ablation: Ablation, ap=None, diverged_at=None) -> AblationResult:
-    metrics = None if ap is None else {"AP": ap, "AP50": ap, "AP75": ap}
-    return AblationResult(ablation, metrics, diverged_at, 1.0, 1.0, "nowhere")
+def result(ablation: Ablation, aps=None, diverged_at=None) -> AblationResult:
+    """A row with one run per AP value (None: every run diverged at ``diverged_at``)."""
+    aps = aps if aps is not None else [None] * 3
+    runs = [RunRecord({"seed": i}, None if ap is None else {"AP": ap, "AP50": ap, "AP75": ap},
+                      diverged_at if ap is None else None, {}, 1.0, "nowhere") for i, ap in enumerate(aps)]
+    return AblationResult(ablation, runs)
 
 
-def test_orderings_are_checked_not_assumed():
+def test_orderings_are_judged_against_the_seeds_noise():
     grid = {a.name: a for a in table1_grid()}
     fl, ce75, ce50, ohem, no_prior = (grid[n] for n in ("FL γ=2 α=0.25", "α-CE α=0.75", "α-CE α=0.5",
-                                                       "OHEM B=128 nms=0.5", "CE (α=.5) without prior init"))
-    good = check_orderings([result(fl, 0.30), result(ce75, 0.25), result(ce50, 0.2), result(ohem, 0.28),
+                                                       "OHEM B=128 nms=0.5", "CE without prior init"))
+    good = check_orderings([result(fl, [0.30, 0.31, 0.29]), result(ce75, [0.25, 0.26, 0.24]),
+                            result(ce50, [0.2, 0.21, 0.19]), result(ohem, [0.28, 0.27, 0.26]),
                             result(no_prior, diverged_at=12)])
-    assert [c.holds for c in good] == [True, True, True]
-    assert "diverged at iteration 12" in good[2].detail and "30.0 vs 25.0" in good[0].detail
-    bad = check_orderings([result(fl, 0.10), result(ce75, 0.25), result(ohem, 0.10), result(no_prior, 0.3)])
-    assert [c.holds for c in bad] == [False, False, False]  # a tie is not a win; no-prior vs best α-CE
-    assert "does NOT hold" in format_claims(bad)
-    partial = check_orderings([result(fl, 0.3)])
-    assert [c.holds for c in partial] == [None, None, None] and "not tested" in format_claims(partial)
+    assert [c.verdict for c in good] == [HOLDS, HOLDS, HOLDS]
+    assert "diverged in every seed, at iteration 12, 12, 12" in good[2].detail and "30.0 ± 1.0" in good[0].detail
+    bad = check_orderings([result(fl, [0.10, 0.11, 0.09]), result(ce75, [0.25, 0.26, 0.24]),
+                           result(ohem, [0.10, 0.30, 0.05]), result(no_prior, [0.3, 0.3, 0.31]),
+                           result(ce50, [0.2, 0.21, 0.19])])
+    # FL clearly below α-CE; against a noisy OHEM the same mean is no evidence; no-prior beats α-CE .5 here
+    assert [c.verdict for c in bad] == [FAILS, WITHIN_NOISE, FAILS]
+    assert "does NOT hold" in format_claims(bad) and "within noise" in format_claims(bad)
+    one_seed = check_orderings([result(fl, [0.3]), result(ce75, [0.1])])
+    assert one_seed[0].verdict == NOT_TESTED and "one seed" in one_seed[0].detail
+    partial = check_orderings([result(fl, [0.3])])
+    assert [c.verdict for c in partial] == [NOT_TESTED] * 3 and "not tested" in format_claims(partial)
 
 
 def test_bases_share_everything_but_size():
@@ -101,7 +116,8 @@ def test_bases_share_everything_but_size():
     assert fast.steps == 150 and cpu.steps == 500 and gpu.steps == 1000 and gpu.amp == "bf16"
     assert table1_base(gpu=True, fast=True) == fast  # fast mode wins, whatever the device
     for config in (fast, gpu, cpu):
-        assert config.log_every == 1 and config.loss_fn == "focal" and config.prior == 0.01
+        assert config.checkpoint_every == 0 and config.loss_fn == "focal" and config.prior == 0.01
+    assert fast.log_every == 1  # lesson 06 draws the short run's whole curve
 
 
 def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys):
@@ -109,14 +125,29 @@ def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False: tiny(tmp_path / "base", steps=2))
     monkeypatch.setattr(ablations, "table1_grid", lambda fast=False: [ablations.FL_GAMMA_2, ablations.NO_PRIOR])
-    assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
+    assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                           "--seeds", "0,1"]) == 0
     printed = capsys.readouterr().out
-    assert "FL γ=2 α=0.25" in printed and "not tested" in printed  # no α-CE in this grid
+    assert "FL γ=2 α=0.25" in printed and "not tested" in printed and "2 seeds" in printed  # no α-CE in this grid
     saved = json.loads((tmp_path / "res" / "table1.json").read_text())
-    assert saved["device"] == "CPU" and [r["name"] for r in saved["runs"]] == ["FL γ=2 α=0.25", NO_PRIOR_NAME]
-    assert saved["runs"][0]["paper"] == [34.0, 52.5, 36.5] and saved["base"]["device"] == "cpu"
+    assert saved["device"] == "CPU" and [r["name"] for r in saved["rows"]] == ["FL γ=2 α=0.25", NO_PRIOR_NAME]
+    assert saved["rows"][0]["paper"] == [34.0, 52.5, 36.5] and saved["base"]["device"] == "cpu"
+    assert [run["config"]["seed"] for run in saved["rows"][0]["runs"]] == [0, 1] and saved["seeds"] == [0, 1]
+    loaded = ablations.load_results(tmp_path / "res" / "table1.json")  # what lesson 06 reads
+    assert [r.ablation for r in loaded] == [ablations.FL_GAMMA_2, ablations.NO_PRIOR]
+    assert format_table(loaded) in printed
+    with pytest.raises(FileNotFoundError, match="python -m fl_lab.ablations --results"):
+        ablations.load_results(tmp_path / "nothing.json")
     assert (tmp_path / "res" / "table1.png").stat().st_size > 1000
     assert (tmp_path / "res" / "table1.txt").read_text().startswith("$ python -m fl_lab.ablations --device cpu")
 
 
-NO_PRIOR_NAME = "CE (α=.5) without prior init"
+NO_PRIOR_NAME = "CE without prior init"
+
+
+def test_command_line_says_what_is_wrong_with_seeds(capsys):
+    from fl_lab import ablations
+
+    with pytest.raises(SystemExit) as exit_info:
+        ablations.main(["--seeds", "0,one"])
+    assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fl_lab import plots
-from fl_lab.analysis import LossCDF, Reservoir, cumulative_loss, format_claims, hardest_share, loss_cdf, paper_findings
+from fl_lab.analysis import FAILS, HOLDS, LossCDF, Reservoir, cumulative_loss, format_claims, hardest_share, loss_cdf, paper_findings
 from fl_lab.data import Shapes, collate
 from fl_lab.loss import BACKGROUND
 from fl_lab.matcher import assign_targets, pad_targets
@@ -209,14 +209,14 @@ def test_paper_findings_on_samples_shaped_like_figure_4():
     negatives = torch.cat([torch.full((9_900,), 0.999), torch.rand(100, generator=gen, dtype=torch.float64) * 0.5 + 0.2])
     claims = paper_findings(LossCDF.from_probabilities(positives, negatives))
     assert len(claims) == 4
-    assert claims[0].holds and claims[1].holds and claims[3].holds, format_claims(claims)
+    assert [claims[i].verdict for i in (0, 1, 3)] == [HOLDS] * 3, format_claims(claims)
     ref = fl_reference(positives, 2.0)
     top20 = float(torch.sort(ref, descending=True).values[:4000].sum() / ref.sum())
     assert claims[0].detail == f"they hold {top20:.0%}"
-    assert claims[2].holds is False  # these negatives are far more skewed than the positives even at γ = 0
+    assert claims[2].verdict == FAILS  # these negatives are far more skewed than the positives even at γ = 0
     # negatives all equally hard: no concentration at γ = 2
     flat = paper_findings(LossCDF.from_probabilities(positives, torch.full((1000,), 0.9, dtype=torch.float64)))
-    assert flat[3].holds is False and "hardest 5% hold 5.0%" in flat[3].detail
+    assert flat[3].verdict == FAILS and "hardest 5% hold 5.0%" in flat[3].detail
 
 
 def test_loss_cdf_of_a_torchvision_coco_model_on_a_coco_folder(tmp_path):

@@ -21,6 +21,7 @@ CHECKS = {
     "normalised_loss": ex.check_normalised_loss,
     "loss_cdf": ex.check_loss_cdf,
     "ohem_select": ex.check_ohem_select,
+    "nms": ex.check_nms,
 }
 
 
@@ -169,10 +170,24 @@ def test_torchvision_focal_loss_passes():
 
 
 def test_p_t_reference_agrees_with_the_kit():
+    from fl_lab.exercises.loss import _reference_p_t_alpha_t
+
     x, t = torch.randn(8, 3), (torch.rand(8, 3) < 0.3).float()
-    p_t, a_t = ex._reference_p_t_alpha_t(x, t, 0.25)
+    p_t, a_t = _reference_p_t_alpha_t(x, t, 0.25)
     ce = balanced_cross_entropy(x, t, alpha=0.25, reduction="none")
     torch.testing.assert_close(-a_t * torch.log(p_t), ce)
+    torch.testing.assert_close(p_t, torch.where(t == 1, torch.sigmoid(x), torch.sigmoid(-x)))  # the definition
+
+
+def test_independent_references_fail_a_wrong_solution():
+    # p_t and α_t swapped between the classes, and a prior bias off by a little: both refused
+    def swapped(x, t, alpha):
+        p_t, a_t = solutions.p_t_alpha_t(x, t, alpha)
+        return 1 - p_t, 1 - a_t
+
+    assert not ex.check_p_t_alpha_t(swapped).passed
+    assert not ex.check_prior_bias(lambda pi: solutions.prior_bias(pi) + 1e-3).passed
+    assert ex.check_prior_bias(lambda pi: math.log(pi / (1 - pi))).passed  # another correct form
 
 
 def p_t_variant(x, t, alpha, p_t_pos="p", alpha_pos="alpha", order="p first"):
@@ -440,3 +455,124 @@ def test_sample_counts_solution_and_a_learner_version_pass():
 )
 def test_sample_counts_mistakes(wrong, keyword):
     assert_caught(ex.check_sample_counts(wrong), keyword)
+
+
+def test_fast_mode_also_grades_the_worked_solution(monkeypatch):
+    # What a learner sees is their own result; in fast mode (CI) the check proves the solution too.
+    monkeypatch.setenv("FL_LAB_FAST", "1")
+
+    def stub(*args):
+        raise NotImplementedError
+
+    feedback = ex.check_prior_bias(stub)
+    assert not feedback.passed and "Not written yet" in feedback.message
+    monkeypatch.setattr(solutions, "prior_bias", lambda pi: 0.0)  # a broken solution is caught loudly
+    with pytest.raises(AssertionError, match="worked solution of prior_bias fails"):
+        ex.check_prior_bias(stub)
+    monkeypatch.setenv("FL_LAB_FAST", "0")
+    assert "Not written yet" in ex.check_prior_bias(stub).message  # outside fast mode only the learner's
+
+
+
+# ---------------------------------------------------------------- box coding and NMS (lesson 3)
+def _coding(boxes, anchors, weights, corner=False, ratio=False, swap=False, inverse_weights=False):
+    """encode written out from the paper's formulas, with a learner's slip switched on."""
+    wx, wy, ww, wh = (1 / w for w in weights) if inverse_weights else weights
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    x, y = (boxes[:, 0], boxes[:, 1]) if corner else (boxes[:, 0] + w / 2, boxes[:, 1] + h / 2)
+    ax, ay = (anchors[:, 0], anchors[:, 1]) if corner else (anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2)
+    size = (lambda r: r - 1) if ratio else torch.log
+    t = [wx * (x - ax) / aw, wy * (y - ay) / ah, ww * size(w / aw), wh * size(h / ah)]
+    return torch.stack([t[1], t[0], t[3], t[2]] if swap else t, dim=1)
+
+
+def _boxes_from(deltas, anchors, weights, clamp=True, exp=True, half=0.5, corners=True, swap=False):
+    wx, wy, ww, wh = weights
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    x, y = anchors[:, 0] + aw / 2 + deltas[:, 0] / wx * aw, anchors[:, 1] + ah / 2 + deltas[:, 1] / wy * ah
+    dw, dh = deltas[:, 2] / ww, deltas[:, 3] / wh
+    if clamp:
+        dw, dh = dw.clamp(max=math.log(1000 / 16)), dh.clamp(max=math.log(1000 / 16))
+    grow = torch.exp if exp else (lambda d: 1 + d)
+    w, h = grow(dw) * aw, grow(dh) * ah
+    out = [x - half * w, y - half * h, x + half * w, y + half * h] if corners else [x, y, w, h]
+    return torch.stack([out[1], out[0], out[3], out[2]] if swap else out, dim=1)
+
+
+def test_box_coding_passes_the_solution_and_torchvision():
+    from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
+
+    assert ex.check_box_coding(solutions.encode, solutions.decode).passed
+    assert ex.check_box_coding(_coding, _boxes_from).passed  # this file's own, written from the formulas
+    tv = lambda w: TorchvisionBoxCoder(w, bbox_xform_clip=math.log(1000 / 16))  # noqa: E731
+    assert ex.check_box_coding(lambda b, a, w: tv(w).encode_single(b, a), lambda d, a, w: tv(w).decode_single(d, a)).passed
+
+
+@pytest.mark.parametrize("slip,keyword", [
+    (dict(corner=True), "between *centres*"),
+    (dict(ratio=True), "logarithms"),
+    (dict(swap=True), "swapped"),
+    (dict(inverse_weights=True), "yours divide here"),
+])
+def test_each_encoding_slip_is_named(slip, keyword):
+    feedback = ex.check_box_coding(partial(_coding, **slip), solutions.decode)
+    assert_caught(feedback, keyword)
+    assert feedback.message.startswith("encode:")
+
+
+@pytest.mark.parametrize("slip,keyword", [
+    (dict(clamp=False), "Clamp t_w and t_h"),
+    (dict(exp=False), "Undo the log"),
+    (dict(corners=False), "Return corners"),
+    (dict(half=1.0), "half the width"),
+    (dict(swap=True), "swapped"),
+])
+def test_each_decoding_slip_is_named(slip, keyword):
+    feedback = ex.check_box_coding(solutions.encode, partial(_boxes_from, **slip))
+    assert_caught(feedback, keyword)
+    assert feedback.message.startswith("decode:")
+
+
+def _iou(a, b):
+    x1, y1 = torch.maximum(a[0], b[0]), torch.maximum(a[1], b[1])
+    x2, y2 = torch.minimum(a[2], b[2]), torch.minimum(a[3], b[3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _my_nms(boxes, scores, labels, thr, per_class=True, strict=True, best_first=True, greedy=True):
+    order = sorted(range(len(scores)), key=lambda i: float(scores[i]), reverse=best_first)
+    kept = []
+    for i in order:
+        rivals = kept if greedy else [j for j in order if float(scores[j]) > float(scores[i])]
+        overlaps = [(_iou(boxes[i], boxes[j]) > thr) if strict else (_iou(boxes[i], boxes[j]) >= thr) for j in rivals
+                    if (labels[i] == labels[j] or not per_class)]
+        if not any(bool(o) for o in overlaps):
+            kept.append(i)
+    return torch.tensor(kept, dtype=torch.long)
+
+
+@pytest.mark.parametrize("slip,keyword", [
+    (dict(per_class=False), "per class"),
+    (dict(strict=False), "*greater than*"),
+    (dict(best_first=False), "*highest* score down"),
+    (dict(greedy=False), "greedy"),
+])
+def test_each_nms_slip_is_named(slip, keyword):
+    assert ex.check_nms(_my_nms).passed
+    assert_caught(ex.check_nms(partial(_my_nms, **slip)), keyword)
+
+
+def test_nms_wants_indices():
+    assert_caught(ex.check_nms(lambda b, s, l, t: torch.ones(len(s), dtype=torch.bool)), "not a mask")
+    assert_caught(ex.check_nms(lambda b, s, l, t: None), "forget `return`")
+
+
+def test_box_coding_stubs_and_a_missing_return_are_named():
+    def stub(*args):
+        raise NotImplementedError
+
+    feedback = ex.check_box_coding(stub, stub)
+    assert_caught(feedback, "Not written yet") and feedback.message.startswith("encode:")
+    assert_caught(ex.check_box_coding(solutions.encode, lambda d, a, w: None), "forget `return`")

@@ -197,7 +197,19 @@ def test_loss_options():
     # smooth L1 with β: never above L1, equal to it as β -> 0
     assert model.loss(out, targets, box_loss="smooth_l1", beta=0.5)["box"] < batch["box"]
     assert torch.allclose(model.loss(out, targets, box_loss="smooth_l1", beta=1e-9)["box"], batch["box"])
-    for bad in ({"normalize": "image"}, {"box_loss": "giou"}, {"loss_fn": "hinge"}):
+    # cls_weight scales the classification term of the total only (what trains), and its gradient
+    weighted = model.loss(out, targets, cls_weight=4.0)
+    assert torch.allclose(weighted["cls"], batch["cls"]) and torch.allclose(weighted["box"], batch["box"])
+    assert torch.allclose(weighted["total"], 4 * batch["cls"] + batch["box"])
+    logits = out.cls_logits.detach().requires_grad_()
+    for weight in (1.0, 4.0):
+        grad, = torch.autograd.grad(model.loss(out._replace(cls_logits=logits), targets, cls_weight=weight)["total"],
+                                    logits)
+        if weight == 1.0:
+            unit = grad
+    assert torch.allclose(grad, 4 * unit)
+    for bad in ({"normalize": "image"}, {"box_loss": "giou"}, {"loss_fn": "hinge"}, {"cls_weight": 0.0},
+                {"cls_weight": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             model.loss(out, targets, **bad)
     with pytest.raises(ValueError, match="class 7"):

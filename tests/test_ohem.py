@@ -1,4 +1,4 @@
-"""fl_lab.loss.ohem_mask / ohem_loss (§5.1, Table 1d) against a per-image Python reference."""
+"""fl_lab.ohem.ohem_mask / ohem_loss (§5.1, Table 1d) against a per-image Python reference."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from torch.autograd import gradcheck
 from torchvision.ops import box_iou
 
-import fl_lab.loss as loss_module
+import fl_lab.ohem as ohem_module
 from fl_lab.boxes import BoxCoder, random_boxes
-from fl_lab.loss import BACKGROUND, IGNORE, ohem_loss, ohem_mask
+from fl_lab.loss import BACKGROUND, IGNORE
+from fl_lab.ohem import ohem_loss, ohem_mask
 from fl_lab.matcher import assign_targets, pad_targets
 from fl_lab.model import LOSS_FUNCTIONS, RetinaNet
 
@@ -91,7 +92,7 @@ class CountingNMS:
 
     def __init__(self):
         self.calls = []
-        self.nms = loss_module.batched_nms
+        self.nms = ohem_module.batched_nms
 
     def __call__(self, boxes, scores, idxs, thresh):
         self.calls.append((len(boxes), len(torch.unique(idxs))))
@@ -138,7 +139,7 @@ def test_top_m_doubling_is_exact(monkeypatch):
     top = scores[0].argsort(descending=True)[:300]
     boxes[0, top] = torch.tensor([100.0, 100, 160, 150]) + torch.rand(300, 4, generator=gen, dtype=torch.float64)
     counter = CountingNMS()
-    monkeypatch.setattr(loss_module, "batched_nms", counter)
+    monkeypatch.setattr(ohem_module, "batched_nms", counter)
     mask = ohem_mask(scores, boxes, labels, batch_size, 0.5)
     assert torch.equal(mask, ref_mask(scores, boxes, labels, batch_size, 0.5))
     assert mask.sum(1).tolist() == [batch_size, batch_size]
@@ -150,7 +151,7 @@ def test_top_m_doubling_is_exact(monkeypatch):
 def test_top_m_easy_case_is_one_small_nms(monkeypatch):
     scores, boxes, labels = make_case(num_anchors=1200, seed=1)
     counter = CountingNMS()
-    monkeypatch.setattr(loss_module, "batched_nms", counter)
+    monkeypatch.setattr(ohem_module, "batched_nms", counter)
     mask = ohem_mask(scores, boxes, labels, batch_size=16)
     assert torch.equal(mask, ref_mask(scores, boxes, labels, 16, 0.5))
     # every image either has 16 survivors among its top 128 or fewer candidates than that
@@ -166,7 +167,7 @@ def test_ratio_variant_doubles_until_positives_are_found(monkeypatch):
     labels = torch.full((1, num_anchors), BACKGROUND)
     labels[0, scores[0].argsort()[:50]] = 1  # the 50 lowest-loss anchors are the positives
     counter = CountingNMS()
-    monkeypatch.setattr(loss_module, "batched_nms", counter)
+    monkeypatch.setattr(ohem_module, "batched_nms", counter)
     mask = ohem_mask(scores, boxes, labels, batch_size, 0.5, max_pos_fraction=0.25)
     assert torch.equal(mask, ref_mask(scores, boxes, labels, batch_size, 0.5, 0.25))
     assert int((mask & (labels >= 0)).sum()) == 2 and int(mask.sum()) == batch_size

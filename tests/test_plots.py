@@ -153,3 +153,59 @@ def test_training_log_figure():
     losses, lr = fig.axes
     assert [line.get_label() for line in losses.get_lines()] == ["classification (focal) loss", "box regression loss", "total"]
     np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), [r["lr"] for r in rows[:10]])
+
+
+def test_gap_figure_draws_each_arm_and_the_difference_with_two_standard_errors():
+    points = [(550, [0.05, 0.07, 0.06], [0.04, 0.05, 0.03]), (16, [0.10, 0.12, 0.11], [0.20, 0.22, 0.21])]
+    fig = plots.gap_figure(points, xlabel="negatives per positive", title="t", log_x=True)
+    assert_labelled(fig, 2)
+    arms, gap = fig.axes
+    assert len(arms.containers) == 2 and len(gap.containers) == 1
+    line, _, (bars,) = gap.containers[0]
+    xs, ys = line.get_data()
+    assert [float(x) for x in xs] == [16, 550]  # sorted by the factor
+    np.testing.assert_allclose(np.asarray(ys, dtype=float), [100 * (0.11 - 0.21), 100 * (0.06 - 0.04)])
+    se = 100 * np.sqrt(2 * (0.01 ** 2 / 3))  # both arms: std 0.01 over 3 seeds
+    segment = bars.get_segments()[0]
+    np.testing.assert_allclose(segment[1][1] - segment[0][1], 2 * 2 * se, rtol=1e-6)  # ± 2 SE
+    assert arms.get_xscale() == "log" and "3 seeds" in arms.get_title()
+
+
+def test_coverage_figure_shows_each_setting_and_the_papers_imbalance():
+    fig = plots.coverage_figure({"small objects": torch.tensor([0.2, 0.45, 0.7]), "fits": torch.tensor([0.6, 0.8])},
+                                {"small objects": 35.0, "fits": 90.0})
+    assert len(fig.axes) == 2
+    hist, bars = fig.axes
+    assert hist.get_xlabel() and hist.get_ylabel() and hist.get_legend() and bars.get_legend() and bars.get_xlabel()
+    labels = [t.get_text() for t in hist.get_legend().get_texts()]
+    assert "small objects: 67% below 0.5" in labels and "fits: 0% below 0.5" in labels
+    assert [round(p.get_width()) for p in bars.patches] == [35, 90] and bars.get_xscale() == "log"
+    fig.canvas.draw()
+
+
+def _appendix_b(x_t: np.ndarray, gamma: float) -> np.ndarray:
+    """dFL/dx_t of a positive, written from the paper's Appendix B (independent of fl_lab.loss)."""
+    p = 1 / (1 + np.exp(-x_t))
+    return (1 - p) ** gamma * (gamma * p * np.log(p) + p - 1)
+
+
+def test_gradient_figure_draws_appendix_bs_derivative():
+    fig = plots.gradient_figure(gammas=(0, 2, 5))
+    assert_labelled(fig, 1)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and "CE" in lines[0].get_label()
+    for line, gamma in zip(lines, (0, 2, 5)):
+        x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+        np.testing.assert_allclose(y, _appendix_b(x, gamma), atol=1e-12)
+
+
+def test_focal_star_figure_draws_fl_star_beside_fl_and_ce():
+    fig = plots.focal_star_figure(settings=((2.0, 1.0), (4.0, 0.0)))
+    assert_labelled(fig, 1)
+    ce, fl, star21, star40 = fig.axes[0].get_lines()
+    x = np.asarray(ce.get_data()[0], dtype=float)
+    softplus = lambda z: np.logaddexp(0, z)  # noqa: E731  -log σ(z) = softplus(-z)
+    np.testing.assert_allclose(np.asarray(ce.get_data()[1], dtype=float), softplus(-x), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(star21.get_data()[1], dtype=float), softplus(-(2 * x + 1)) / 2, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(star40.get_data()[1], dtype=float), softplus(-4 * x) / 4, atol=1e-12)
+    assert "γ = 2, β = 1" in star21.get_label() and "FL, γ = 2" in fl.get_label()

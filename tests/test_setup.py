@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_make_lab_keeps_jupyterlab_safe_defaults():
         assert unsafe not in recipe, unsafe
     assert "--allow-root" not in recipe  # only through ROOT_FLAG, when running as root
     assert re.search(r"ROOT_FLAG\s*:=\s*\$\(if \$\(filter 0,\$\(shell id -u\)\),--allow-root\)", makefile)
+
+
+def test_setup_installs_jupyterlab_settings_without_the_news_question():
+    # JupyterLab reads <prefix>/share/jupyter/lab/settings/overrides.json; the venv gets the kit's.
+    overrides = json.loads((ROOT / "tools" / "jupyterlab_overrides.json").read_text())
+    assert overrides["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
+    makefile = (ROOT / "Makefile").read_text()
+    setup = makefile.split("\n$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert "tools/jupyterlab_overrides.json" in setup.splitlines()[0]  # a change re-runs the set-up
+    assert "cp tools/jupyterlab_overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in setup
 
 
 @pytest.mark.parametrize("value,expected", [("", False), ("0", False), ("off", False), ("1", True), ("yes", True)])

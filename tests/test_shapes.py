@@ -47,7 +47,7 @@ def test_item_layout_types_and_ranges():
 
 
 def test_object_counts_stay_between_min_and_max():
-    counts = [len(Shapes(40, image_size=64, min_objects=3, max_objects=7)[i][1]["labels"]) for i in range(40)]
+    counts = [len(Shapes(40, image_size=64, min_objects=3, max_objects=7, min_size=8)[i][1]["labels"]) for i in range(40)]
     assert min(counts) >= 3 and max(counts) <= 7 and len(set(counts)) >= 3
     image, target = Shapes(1, image_size=64, min_objects=0, max_objects=0)[0]
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
@@ -78,10 +78,42 @@ def test_sizes_cover_every_pyramid_level_at_512():
     ds = Shapes(12, image_size=512, min_objects=10, max_objects=20)
     boxes = torch.cat([ds[i][1]["boxes"] for i in range(len(ds))])
     sides = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
-    assert sides.min() < 32 and sides.max() > 256
+    assert sides.min() < 40 and sides.max() > 256
     # Objects for every level P3-P7 (anchor sides 32, 64, ..., 512): each octave is populated.
     for low in (32, 64, 128, 256):
         assert ((sides >= low) & (sides < 2 * low)).any(), low
+
+
+@pytest.mark.parametrize("size,objects", [(128, 10), (96, 1), (256, 4), ((96, 160), 6)])
+def test_every_object_has_an_anchor_with_iou_at_least_one_half(size, objects):
+    # The paper's anchors (P3-P7, 32-813 px) against the default object sizes: every object gets a
+    # foreground anchor under the paper's 0.5 rule. Best IoU computed here by brute force over
+    # the anchors, independently of fl_lab.analysis.anchor_coverage.
+    from fl_lab.anchors import AnchorGenerator
+    from torchvision.ops import box_iou
+
+    ds = Shapes(150, image_size=size, max_objects=objects, seed=5)
+    anchors = AnchorGenerator().gen(ds.image_size, dtype=torch.float64)
+    best = torch.cat([box_iou(ds[i][1]["boxes"].double(), anchors).amax(1) for i in range(len(ds))])
+    assert len(best) >= 150 and float(best.min()) >= 0.5, float(best.min())
+
+
+def test_objects_below_the_smallest_anchor_lose_their_foreground_anchor():
+    # The reason for the default: 8-px objects have no anchor with IoU >= 0.5.
+    from fl_lab.analysis import anchor_coverage
+
+    assert anchor_coverage(Shapes(30, image_size=128, max_objects=10, min_size=8, max_size=16)).unmatched_share == 1.0
+    assert anchor_coverage(Shapes(30, image_size=128, max_objects=10)).unmatched_share == 0.0
+
+
+def test_empty_fraction_draws_images_without_objects():
+    counts = torch.tensor([len(t["labels"]) for _, t in Shapes(300, image_size=64, max_objects=1, empty_fraction=5 / 6)])
+    empty = float((counts == 0).float().mean())
+    assert abs(empty - 5 / 6) < 4 * (5 / 36 / 300) ** 0.5, empty  # within 4 binomial standard deviations
+    assert all(len(t["labels"]) == 0 for _, t in Shapes(20, image_size=64, empty_fraction=1.0))
+    # 0 keeps the random stream of a dataset without the knob: the same images
+    plain, zero = Shapes(3, image_size=64), Shapes(3, image_size=64, empty_fraction=0.0)
+    assert all(torch.equal(plain[i][0], zero[i][0]) for i in range(3))
 
 
 def test_boxes_are_the_extent_of_each_mask():
@@ -107,7 +139,7 @@ def test_box_is_tight_around_the_drawn_pixels():
 
 
 def test_no_object_is_more_than_half_hidden():
-    ds = Shapes(8, image_size=96, num_classes=9, min_objects=25, max_objects=30)
+    ds = Shapes(8, image_size=96, num_classes=9, min_objects=25, max_objects=30, min_size=8)
     occluded = 0
     for i in range(len(ds)):
         _, target, masks = ds._generate(i, with_masks=True)
@@ -194,6 +226,8 @@ def test_transform_is_applied_last():
         (dict(min_objects=-1), "min_objects=-1"),
         (dict(min_size=50.0, max_size=20.0), "min_size=50.0, max_size=20.0"),
         (dict(min_size=0.0), "min_size=0.0"),
+        (dict(image_size=40), "pass a smaller min_size"),
+        (dict(empty_fraction=1.5), "empty_fraction"),
     ],
 )
 def test_bad_arguments_raise_naming_the_value(kwargs, message):

@@ -97,7 +97,7 @@ def test_cdf_explorer_redraws_the_chosen_gamma_and_sorts_each_curve_once(monkeyp
     drawn, sorted_sizes = [], []
     real_figure, real_cumulative = plots.cdf_figure, analysis.cumulative_loss
     monkeypatch.setattr(plots, "cdf_figure", lambda r, gammas: drawn.append(gammas) or real_figure(r, gammas=gammas))
-    monkeypatch.setattr(analysis, "cumulative_loss", lambda l: sorted_sizes.append(l.numel()) or real_cumulative(l))
+    monkeypatch.setattr(analysis.cdf, "cumulative_loss", lambda l: sorted_sizes.append(l.numel()) or real_cumulative(l))
     slider, output = widgets.cdf_explorer(result, gamma=2.0).children
     assert isinstance(output, W.Output) and not slider.continuous_update and (slider.min, slider.max) == (0.0, 5.0)
     assert drawn == [(0.0, 2.0)]
@@ -107,3 +107,14 @@ def test_cdf_explorer_redraws_the_chosen_gamma_and_sorts_each_curve_once(monkeyp
     slider.value = 2.0
     assert drawn[-1] == (0.0, 2.0) and len(sorted_sizes) == 6  # seen before: nothing sorted again
     assert result.curve("negatives", 0.5) is result.curve("negatives", 0.5)
+
+
+def test_gradient_explorer_draws_ce_beside_the_sliders_gamma(monkeypatch):
+    drawn = []
+    real = plots.gradient_figure
+    monkeypatch.setattr(plots, "gradient_figure", lambda gammas: drawn.append(tuple(gammas)) or real(gammas))
+    slider, output = widgets.gradient_explorer(gamma=2.0).children
+    assert isinstance(output, W.Output) and not slider.continuous_update and (slider.min, slider.max) == (0.0, 5.0)
+    assert drawn == [(0.0, 2.0)]
+    slider.value = 0.5
+    assert drawn[-1] == (0.0, 0.5)

@@ -1,10 +1,24 @@
 """Shapes: fl_lab's built-in detection dataset, drawn on the fly (no files, no download).
 
-Each image holds 1-30 filled shapes of K classes (circle, square, triangle, …) with sides
-log-uniform from a few pixels to 3/4 of the image, so at 512+ px every pyramid level P3-P7
-gets objects, over a textured background (colour gradient, soft blobs, stripes, noise) with
-unlabelled clutter (lines, arcs, noise patches): many easy negatives and some hard ones,
-the imbalance focal loss is about.
+Each image holds 1-30 filled shapes of K classes (circle, square, triangle, …) over a
+textured background (colour gradient, soft blobs, stripes, noise) with unlabelled clutter
+(lines, arcs, noise patches): many easy negatives and some hard ones, the imbalance focal
+loss is about.
+
+Object sizes fit the paper's anchors. The smallest anchor is 32 px on a stride-8 grid
+(P3, §4), so an object much smaller than 32 px has no anchor with IoU ≥ 0.5: the paper's
+rule would give it no foreground anchor and, below 0.4, train every anchor on it as
+*background* — a labelled object taught as a hard negative, exactly the examples the focal
+loss up-weights. Sides therefore start at :data:`MIN_MATCHABLE_SIZE` (32 px): on 8,000
+objects every one has an anchor with IoU ≥ 0.6 (tests/test_shapes.py checks ≥ 0.5). The
+anchors stay the paper's; the data is what changes. Sides run log-uniform up to 3/4 of the
+image.
+
+Sparsity — the negative : positive imbalance — is set by the canvas and the objects per
+image: ``image_size``, ``min_objects`` / ``max_objects`` and ``empty_fraction`` (the share of
+images with no object at all). At 128 px, 1-10 objects give ~16 background anchors per
+foreground anchor, one object ~90, one object in one image of six ~550 (the paper's COCO:
+~1000); :func:`fl_lab.analysis.anchor_coverage` measures it.
 
 Item ``i`` comes from its own ``torch.Generator`` seeded from ``(seed, i)``: any item can
 be drawn alone, in any order or DataLoader worker, and is always the same. Boxes are read
@@ -28,12 +42,13 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPES", "Shapes"]
+__all__ = ["MIN_MATCHABLE_SIZE", "SHAPES", "Shapes"]
 
 MAX_TRIES = 20  # placements tried per object before it is left out
 MAX_ROTATION = math.radians(15)  # small enough that a square never looks like a diamond
 MAX_ASPECT = 2.0  # stretchable shapes get width / height in [1/2, 2]
 MIN_CONTRAST = 0.4  # RGB distance between an object's colour and the mean background under it
+MIN_MATCHABLE_SIZE = 32.0  # the smallest anchor (P3, §4): smaller objects lose their foreground anchors
 
 
 # Signed distance (negative inside) of each shape in its own frame: u, v are pixel offsets
@@ -190,8 +205,11 @@ class Shapes(Dataset):
         seed: the dataset; use different seeds for training and validation sets.
         min_objects, max_objects: an image draws G uniform in this range (one fewer for each
             object that found no placement obeying the occlusion rule: rare).
+        empty_fraction: the share of images drawn with no object (background and clutter
+            only), the third sparsity knob beside the canvas size and the object counts.
         min_size, max_size: object sides (sqrt of the shape's frame width x height) are
-            log-uniform in this range; max_size defaults to 0.75 x the shorter image side.
+            log-uniform in this range; min_size defaults to :data:`MIN_MATCHABLE_SIZE` (every
+            object then has an anchor with IoU ≥ 0.5), max_size to 0.75 x the shorter image side.
         distractors: draw unlabelled lines, arcs and noise patches under the objects.
     """
 
@@ -203,10 +221,11 @@ class Shapes(Dataset):
         seed: int = 0,
         min_objects: int = 1,
         max_objects: int = 30,
-        min_size: float = 8.0,
+        min_size: float = MIN_MATCHABLE_SIZE,
         max_size: Optional[float] = None,
         distractors: bool = True,
         transform: Optional[Callable[[Tensor, dict], tuple[Tensor, dict]]] = None,
+        empty_fraction: float = 0.0,
     ):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(s, int) and s >= 32 for s in size):
@@ -221,9 +240,12 @@ class Shapes(Dataset):
                 f"need 0 <= min_objects <= max_objects, got min_objects={min_objects}, max_objects={max_objects}"
             )
         if not 0 < min_size <= max_size:
-            raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}")
+            raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}"
+                             + (" (pass a smaller min_size for so small an image)" if min_size == MIN_MATCHABLE_SIZE else ""))
+        if not 0.0 <= empty_fraction <= 1.0:
+            raise ValueError(f"empty_fraction must lie in [0, 1], got {empty_fraction}")
         self.num_images, self.image_size, self.seed = num_images, size, seed
-        self.min_objects, self.max_objects = min_objects, max_objects
+        self.min_objects, self.max_objects, self.empty_fraction = min_objects, max_objects, float(empty_fraction)
         self.min_size, self.max_size = float(min_size), float(max_size)
         self.distractors, self.transform = distractors, transform
         self.num_classes = num_classes
@@ -277,7 +299,10 @@ class Shapes(Dataset):
         owner = torch.zeros(height, width, dtype=torch.int32)  # 1 + index of the topmost object, 0: none
         visible, full = [], []  # pixel counts of each object: still visible, and in its whole mask
         boxes, labels, masks = [], [], []
-        for _ in range(int(torch.randint(self.min_objects, self.max_objects + 1, (1,), generator=g))):
+        count = int(torch.randint(self.min_objects, self.max_objects + 1, (1,), generator=g))
+        if self.empty_fraction and float(torch.rand(1, generator=g)) < self.empty_fraction:
+            count = 0  # drawn only when asked for, so other datasets keep their random streams
+        for _ in range(count):
             label = int(torch.randint(self.num_classes, (1,), generator=g))
             for _ in range(MAX_TRIES):
                 rows, cols, dist, pixels = self._sample_shape(g, label)

@@ -15,9 +15,12 @@ from torch import Tensor
 
 __all__ = [
     "anchors_at",
+    "decode",
+    "encode",
     "focal_loss",
     "loss_cdf",
     "match",
+    "nms",
     "normalised_loss",
     "ohem_select",
     "p_t_alpha_t",
@@ -70,6 +73,43 @@ def match(iou: Tensor) -> Tensor:
 def prior_bias(pi: float) -> float:
     """The class-output bias b with σ(b) = π: b = -log((1 - π) / π)."""
     return -math.log((1 - pi) / pi)
+
+
+def encode(boxes: Tensor, anchors: Tensor, weights: tuple) -> Tensor:
+    """(t_x, t_y, t_w, t_h) of each box (N, 4) against its anchor (N, 4), Faster R-CNN's parametrisation."""
+    wx, wy, ww, wh = weights
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    x, y = boxes[:, 0] + w / 2, boxes[:, 1] + h / 2
+    ax, ay = anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2
+    return torch.stack([wx * (x - ax) / aw, wy * (y - ay) / ah, ww * torch.log(w / aw), wh * torch.log(h / ah)], 1)
+
+
+def decode(deltas: Tensor, anchors: Tensor, weights: tuple) -> Tensor:
+    """The boxes (N, 4) x1 y1 x2 y2 that ``deltas`` (N, 4) describe; t_w, t_h clamped at log(1000 / 16)."""
+    wx, wy, ww, wh = weights
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2
+    x, y = ax + deltas[:, 0] / wx * aw, ay + deltas[:, 1] / wy * ah
+    w = torch.exp((deltas[:, 2] / ww).clamp(max=math.log(1000 / 16))) * aw
+    h = torch.exp((deltas[:, 3] / wh).clamp(max=math.log(1000 / 16))) * ah
+    return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1)
+
+
+def nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy per-class NMS: the indices of the kept boxes, best first."""
+    keep = []
+    for i in scores.argsort(descending=True).tolist():
+        x1 = torch.maximum(boxes[i, 0], boxes[keep, 0])
+        y1 = torch.maximum(boxes[i, 1], boxes[keep, 1])
+        x2 = torch.minimum(boxes[i, 2], boxes[keep, 2])
+        y2 = torch.minimum(boxes[i, 3], boxes[keep, 3])
+        inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+        iou = inter / (area(boxes[i]) + area(boxes[keep]) - inter)
+        if not bool(((iou > iou_threshold) & (labels[keep] == labels[i])).any()):
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long)
 
 
 # Lesson 4 ---------------------------------------------------------------------------

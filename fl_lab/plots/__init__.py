@@ -11,14 +11,16 @@ from .anchors import (
     assignment_counts_figure,
     assignment_figure,
     cell_anchors_figure,
+    coverage_figure,
     ground_truth_figure,
     pyramid_figure,
 )
 from .cdf import cdf_figure
 from .compare import figure2
 from .detections import detections_figure
-from .loss import figure1, imbalance_figure, loss_explorer_figure
+from .loss import figure1, focal_star_figure, gradient_figure, imbalance_figure, loss_explorer_figure
 from .model import dataset_figure, training_curves_figure, training_log_figure
+from .study import gap_figure
 
 __all__ = [
     "ablations_figure",
@@ -27,10 +29,14 @@ __all__ = [
     "assignment_figure",
     "cdf_figure",
     "cell_anchors_figure",
+    "coverage_figure",
     "dataset_figure",
     "detections_figure",
     "figure1",
     "figure2",
+    "focal_star_figure",
+    "gap_figure",
+    "gradient_figure",
     "ground_truth_figure",
     "imbalance_figure",
     "loss_explorer_figure",

@@ -2,41 +2,48 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from ..ablations import AblationResult
-
 __all__ = ["ablations_figure"]
 
 
-def ablations_figure(results: Sequence[AblationResult], title: str = "Table 1 at small scale") -> Figure:
-    """Horizontal bars, one row per run: our AP (left) and the paper's AP (right, COCO).
+def ablations_figure(rows: Sequence[dict], title: str = "Table 1 at small scale") -> Figure:
+    """Horizontal bars, one per row of the table: our AP (left, mean over seeds with ± 1 standard
+    error and each seed as a dot) and the paper's AP (right, COCO).
 
-    The two panels have their own scales -- a few minutes on Shapes against 90k iterations on
-    COCO -- so compare the *order* of the rows, not the lengths across panels. Bars are coloured
-    by Table 1's part; a run that diverged is marked with a red ×, a row without a paper number
-    is left empty on the right.
+    rows: dicts with ``name``, ``group`` (Table 1's part), ``ap`` (AP of each seed, 0-1),
+    ``paper`` (the paper's AP or None) and ``diverged`` (how many seeds diverged) — what
+    :func:`fl_lab.ablations.figure_rows` gives. The panels have their own scales — minutes on
+    Shapes against 90k iterations on COCO — so compare the *order* of the rows, not the
+    lengths across panels. A row with a diverged seed is marked with a red ×.
     """
-    groups = list(dict.fromkeys(r.ablation.group for r in results))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
     colors = {g: f"C{i}" for i, g in enumerate(groups)}
-    rows = list(range(len(results)))[::-1]  # first run on top
-    fig = Figure(figsize=(11, 0.42 * len(results) + 1.8), layout="constrained")
+    ys = list(range(len(rows)))[::-1]  # first row on top
+    fig = Figure(figsize=(11, 0.42 * len(rows) + 1.8), layout="constrained")
     ours, paper = fig.subplots(1, 2, sharey=True)
-    for y, r in zip(rows, results):
-        color = colors[r.ablation.group]
-        label = r.ablation.group if r is next(x for x in results if x.ablation.group == r.ablation.group) else None
-        ours.barh(y, 100 * r.ap, color=color, label=label)
-        if r.diverged_at is not None:
+    labelled = set()
+    for y, r in zip(ys, rows):
+        values = [100 * v for v in r["ap"]]
+        mean = statistics.fmean(values)
+        sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        label = r["group"] if r["group"] not in labelled else None
+        labelled.add(r["group"])
+        ours.barh(y, mean, xerr=sem, color=colors[r["group"]], label=label, capsize=3)
+        ours.plot(values, [y] * len(values), "o", color="black", ms=3, label="one seed" if y == ys[0] else None)
+        if r["diverged"]:
             ours.plot(0, y, "x", color="red", ms=10, mew=3)
-        if r.ablation.paper:
-            paper.barh(y, r.ablation.paper[0], color=color)
-    ours.set(yticks=rows, yticklabels=[r.ablation.name for r in results], xlabel="AP (×100) on Shapes, this kit",
+        if r["paper"] is not None:
+            paper.barh(y, r["paper"], color=colors[r["group"]])
+    ours.set(yticks=ys, yticklabels=[r["name"] for r in rows], xlabel="AP (×100) on Shapes, this kit (mean ± 1 SE)",
              title="this kit")
     paper.set(xlabel="AP on COCO minival (paper Table 1)", title="paper")
-    if any(r.diverged_at is not None for r in results):
-        ours.plot([], [], "x", color="red", ms=10, mew=3, label="diverged")
+    if any(r["diverged"] for r in rows):
+        ours.plot([], [], "x", color="red", ms=10, mew=3, label="a seed diverged")
     ours.legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     return fig

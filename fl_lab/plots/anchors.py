@@ -201,3 +201,38 @@ def assignment_counts_figure(counts: Tensor, names: Sequence[str], title: str) -
     ax.set(xlabel="pyramid level", ylabel="anchors (log scale)", title=title)
     ax.legend(loc="upper right")
     return fig
+
+
+def coverage_figure(best_iou: dict[str, Tensor], imbalance: dict[str, float], fg_iou: float = 0.5,
+                    bg_iou: float = 0.4, title: str = "Which regime does the data train in?") -> Figure:
+    """Left: each object's best anchor IoU, one histogram per dataset setting, with the
+    0.4 / 0.5 thresholds. Right: negative anchors per positive anchor of each setting (log scale).
+
+    best_iou: {setting: (N,) best IoU of each object}; imbalance: {setting: negatives per positive}
+    (both from :func:`fl_lab.analysis.anchor_coverage`).
+    """
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    hist, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    bins = np.linspace(0, 1, 41)
+    for i, (name, iou) in enumerate(best_iou.items()):
+        values = torch.as_tensor(iou, dtype=torch.float64).numpy()
+        below = float((values < fg_iou).mean()) if len(values) else 0.0
+        hist.hist(values, bins=bins, histtype="step", lw=2, color=f"C{i}",
+                  weights=np.full(len(values), 1 / max(len(values), 1)), label=f"{name}: {below:.0%} below {fg_iou:g}")
+    hist.axvspan(0, bg_iou, color=KIND_COLORS["background"], alpha=0.12, label=f"< {bg_iou:g}: only background anchors")
+    hist.axvspan(bg_iou, fg_iou, color=KIND_COLORS["ignored"], alpha=0.15, label="no foreground anchor")
+    hist.set(xlabel="best IoU of an object with any anchor", ylabel="share of objects",
+             title="how well the anchors fit the objects")
+    hist.legend(loc="upper left", fontsize="small")
+    names = list(imbalance)
+    y = np.arange(len(names))[::-1]
+    rects = bars.barh(y, [imbalance[n] for n in names], color=[f"C{i}" for i in range(len(names))], label="this data")
+    bars.bar_label(rects, labels=[f"{imbalance[n]:,.0f} : 1" for n in names], fontsize="small", padding=3)
+    bars.axvline(1000, color="black", ls="--", lw=1, label="the paper's COCO (~1000 : 1)")
+    bars.set_xscale("log")
+    bars.set_xlim(1, 30_000)
+    bars.set_yticks(y, names)
+    bars.set(xlabel="negative anchors per positive anchor (log scale)", title="the imbalance")
+    bars.legend(loc="lower right", fontsize="small")
+    fig.suptitle(title)
+    return fig

@@ -8,9 +8,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ..analysis import GROUPS, GroupLoss
-from ..loss import focal_loss_of_pt
+from ..loss import focal_loss, focal_loss_of_pt, focal_loss_star
 
-__all__ = ["figure1", "imbalance_figure", "loss_explorer_figure"]
+__all__ = ["figure1", "focal_star_figure", "gradient_figure", "imbalance_figure", "loss_explorer_figure"]
 
 GROUP_COLORS = {"positives": "tab:green", "hard negatives": "tab:orange", "easy negatives": "tab:blue"}
 _P_T = torch.linspace(0.001, 0.999, 500, dtype=torch.float64)  # the x-axis of the loss curves
@@ -31,6 +31,53 @@ def figure1(gammas: Sequence[float] = (0, 0.5, 1, 2, 5)) -> Figure:
         ylabel="loss",
         title="Focal loss FL(p_t) = -(1 - p_t)^γ log(p_t)  (paper Figure 1)",
     )
+    ax.legend(loc="upper right")
+    return fig
+
+
+_X_T = torch.linspace(-5, 5, 401, dtype=torch.float64)  # the x-axis of the gradient and FL* curves
+
+
+def _of_x_t(loss, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loss of one positive entry at each logit x_t of :data:`_X_T` (the kit's function), and its
+    derivative dL/dx_t by autograd. A negative with logit x has x_t = -x: the same curves."""
+    x_t = _X_T.clone().unsqueeze(1).requires_grad_()
+    values = loss(x_t, torch.ones_like(x_t), reduction="none", **params)
+    (grad,) = torch.autograd.grad(values.sum(), x_t)
+    return values.detach().squeeze(1), grad.squeeze(1)
+
+
+def gradient_figure(gammas: Sequence[float] = (0, 0.5, 1, 2, 5)) -> Figure:
+    """Appendix B: the derivative of FL with respect to x_t, for several γ (γ = 0 is CE).
+
+    Computed by autograd through :func:`fl_lab.loss.focal_loss` (α left out). x_t is the logit
+    of the right answer (x for a positive, -x for a negative): large x_t is an easy example.
+    """
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for gamma in gammas:
+        _, grad = _of_x_t(focal_loss, gamma=gamma, alpha=None)
+        ax.plot(_X_T, grad, lw=2, label=f"γ = {gamma:g}" + (" (CE)" if gamma == 0 else ""))
+    ax.axvspan(0, 5, color="0.92", zorder=0, label="well classified (x_t > 0, p_t > 0.5)")
+    ax.set(xlim=(-5, 5), ylim=(-1.15, 0.05), xlabel="x_t, the logit of the right answer",
+           ylabel="dFL / dx_t", title="Gradient of the focal loss (paper Appendix B)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def focal_star_figure(settings: Sequence[tuple[float, float]] = ((2.0, 1.0), (4.0, 0.0))) -> Figure:
+    """Appendix A: FL*(γ, β) = -log σ(γ x_t + β) / γ beside CE and FL (γ = 2), against x_t.
+
+    settings: (γ, β) pairs of FL* (the paper's Table 3 uses (2, 1) and (4, 0)).
+    """
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(_X_T, _of_x_t(focal_loss, gamma=0.0, alpha=None)[0], "--", color="0.5", lw=2, label="CE")
+    ax.plot(_X_T, _of_x_t(focal_loss, gamma=2.0, alpha=None)[0], lw=2, label="FL, γ = 2")
+    for gamma, beta in settings:
+        ax.plot(_X_T, _of_x_t(focal_loss_star, gamma=gamma, beta=beta)[0], lw=2, label=f"FL*, γ = {gamma:g}, β = {beta:g}")
+    ax.set(xlim=(-5, 5), ylim=(0, 5), xlabel="x_t, the logit of the right answer", ylabel="loss",
+           title="FL* next to FL and CE (paper Appendix A)")
     ax.legend(loc="upper right")
     return fig
 

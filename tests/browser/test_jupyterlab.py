@@ -126,6 +126,8 @@ def _open_and_run_all(browser, lab, notebook: str):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{notebook}.png"), full_page=False)
     assert errors == [], f"{notebook}: cells raised errors: {errors}"
+    # The kit's overrides.json (Makefile) answers JupyterLab's news question for the learner.
+    assert page.get_by_text("official Jupyter news").count() == 0, "JupyterLab asks about its news feed"
     return page
 
 

@@ -1,198 +1,24 @@
-"""Where the loss goes: splitting a batch's total loss between kinds of examples.
-
-The paper's argument (§1, §3) is about *shares*: a dense detector scores ~100k anchors
-per image, almost all of them easy negatives, and under cross-entropy their many small
-losses add up to most of the total. This module builds such a batch and measures it
-(lesson 01), counts anchor assignments (lesson 02), and samples a trained model's
-positives and negatives for the loss CDFs of the paper's Figure 4 (lesson 05).
-"""
+"""The loss CDF of the paper's Figure 4 (§5.1, lesson 05): sample a trained model's positives and
+negatives, and see how their focal loss is spread for several γ."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data.transforms import collate
-from .loss import BACKGROUND, IGNORE, focal_loss
+from ..data.transforms import collate
+from ..loss import BACKGROUND, focal_loss
+from .claims import Claim
 
-__all__ = [
-    "ASSIGNMENT_KINDS",
-    "CDF_KINDS",
-    "Claim",
-    "HARDEST_FRACTIONS",
-    "GROUPS",
-    "GroupLoss",
-    "LossCDF",
-    "LossSetting",
-    "Reservoir",
-    "compare_losses",
-    "count_assignments",
-    "cumulative_loss",
-    "format_claims",
-    "format_shares",
-    "hardest_share",
-    "loss_cdf",
-    "loss_shares",
-    "paper_findings",
-    "simulate_anchor_batch",
-]
+__all__ = ["CDF_KINDS", "HARDEST_FRACTIONS", "LossCDF", "Reservoir", "cumulative_loss", "hardest_share", "loss_cdf",
+           "paper_findings"]
 
-GROUPS = ("positives", "hard negatives", "easy negatives")
-"""The three kinds of example; 'easy' means well classified, p_t > easy_pt (0.5 in the paper's Figure 1)."""
-
-PRIOR_LOGIT = -math.log((1 - 0.01) / 0.01)
-"""Logit of the prior π = 0.01 the classifier starts from (§3.3): about -4.595."""
-
-
-@dataclass(frozen=True)
-class LossSetting:
-    """A loss to compare: the focal loss with focusing γ and weight α (None: no weighting).
-
-    γ = 0 with α = None is plain cross-entropy; γ = 0 alone is α-balanced CE.
-    """
-
-    gamma: float
-    alpha: Optional[float]
-
-    @property
-    def label(self) -> str:
-        a = "" if self.alpha is None else f"α = {self.alpha:g}"
-        if self.gamma == 0:
-            return "CE" if self.alpha is None else f"α-balanced CE ({a})"
-        return f"FL (γ = {self.gamma:g}" + (f", {a})" if a else ")")
-
-
-@dataclass(frozen=True)
-class GroupLoss:
-    """One group's part of a batch's loss."""
-
-    count: int  # number of (anchor, class) examples in the group
-    loss: float  # their summed loss
-    share: float  # loss / total loss of the batch
-
-    @property
-    def mean(self) -> float:
-        """Average loss of one example of the group (0 for an empty group)."""
-        return self.loss / self.count if self.count else 0.0
-
-
-def simulate_anchor_batch(
-    num_anchors: int = 100_000,
-    num_positives: int = 100,
-    neg_logit_mean: float = PRIOR_LOGIT,
-    neg_logit_std: float = 1.5,
-    pos_logit_mean: float = 0.0,
-    pos_logit_std: float = 1.5,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """A synthetic one-class batch of anchor scores, shaped like a detector's.
-
-    Negative logits are drawn around the prior's logit (a classifier early in training),
-    positive logits around 0 (p ≈ 0.5: not yet learned). Positives come first.
-
-    Returns:
-        logits: (num_anchors, 1) float32; target: (num_anchors,) int64, 0 for a positive
-        and -1 (background) for a negative -- the index form of :func:`fl_lab.loss.focal_loss`.
-    """
-    if num_anchors < 1 or not 0 <= num_positives <= num_anchors:
-        raise ValueError(
-            f"need num_anchors >= 1 and 0 <= num_positives <= num_anchors, "
-            f"got {num_anchors} and {num_positives}"
-        )
-    if neg_logit_std < 0 or pos_logit_std < 0:
-        raise ValueError(f"logit spreads must be >= 0, got {neg_logit_std} and {pos_logit_std}")
-    gen = torch.Generator().manual_seed(seed)
-    num_negatives = num_anchors - num_positives
-    pos = torch.randn(num_positives, generator=gen) * pos_logit_std + pos_logit_mean
-    neg = torch.randn(num_negatives, generator=gen) * neg_logit_std + neg_logit_mean
-    logits = torch.cat([pos, neg]).unsqueeze(1)
-    target = torch.cat(
-        [torch.zeros(num_positives, dtype=torch.long), torch.full((num_negatives,), BACKGROUND)]
-    )
-    return logits, target
-
-
-def loss_shares(
-    logits: Tensor, target: Tensor, setting: LossSetting, easy_pt: float = 0.5
-) -> dict[str, GroupLoss]:
-    """Split the loss of a batch between positives, hard negatives and easy negatives.
-
-    Args:
-        logits: (N, K); target: (N,) index form (class, -1 background, -2 ignored).
-        setting: which loss (γ, α) to measure.
-        easy_pt: a negative with p_t > easy_pt counts as easy (well classified).
-
-    Returns:
-        {group: GroupLoss} for each name in :data:`GROUPS`; shares sum to 1.
-    """
-    if not 0.0 < easy_pt < 1.0:
-        raise ValueError(f"easy_pt must lie in (0, 1), got {easy_pt}")
-    loss = focal_loss(logits, target, setting.gamma, setting.alpha, reduction="none")  # (N, K)
-    rows = target >= 0
-    positive = torch.zeros_like(loss, dtype=torch.bool)
-    positive[rows, target[rows]] = True
-    negative = ~positive & (target != IGNORE).unsqueeze(1)
-    p_t = torch.where(positive, torch.sigmoid(logits), torch.sigmoid(-logits))
-    masks = {
-        "positives": positive,
-        "hard negatives": negative & (p_t <= easy_pt),
-        "easy negatives": negative & (p_t > easy_pt),
-    }
-    total = float(loss.sum())
-    return {
-        name: GroupLoss(
-            count=int(mask.sum()),
-            loss=float(loss[mask].sum()),
-            share=float(loss[mask].sum()) / total if total > 0 else 0.0,
-        )
-        for name, mask in masks.items()
-    }
-
-
-def compare_losses(
-    logits: Tensor, target: Tensor, settings: Sequence[LossSetting], easy_pt: float = 0.5
-) -> dict[str, dict[str, GroupLoss]]:
-    """:func:`loss_shares` for several losses on the same batch, keyed by each setting's label."""
-    return {s.label: loss_shares(logits, target, s, easy_pt) for s in settings}
-
-
-def format_shares(results: dict[str, dict[str, GroupLoss]]) -> str:
-    """A fixed-width text table of :func:`compare_losses` results, one row per loss."""
-    header = f"{'loss':<28}" + "".join(f"{g:>16}" for g in GROUPS) + f"{'total loss':>13}"
-    lines = [header, "-" * len(header)]
-    for name, groups in results.items():
-        total = sum(g.loss for g in groups.values())
-        lines.append(
-            f"{name:<28}" + "".join(f"{groups[g].share:>16.1%}" for g in GROUPS) + f"{total:>13.1f}"
-        )
-    return "\n".join(lines)
-
-
-ASSIGNMENT_KINDS = ("foreground", "ignored", "background")
-"""The three outcomes of matching an anchor (paper §4): IoU ≥ 0.5, in [0.4, 0.5), < 0.4."""
-
-
-def count_assignments(labels: Tensor, levels: Tensor, num_levels: int) -> Tensor:
-    """Count foreground, ignored and background anchors per pyramid level.
-
-    labels: (A,) or (B, A) index-form targets (class ≥ 0, -1 background, -2 ignored);
-    levels: (A,) level index of each anchor (``AnchorGenerator.level_of``).
-    Returns (num_levels, 3) int64, columns in :data:`ASSIGNMENT_KINDS` order, summed over B.
-    """
-    if labels.shape[-1] != levels.shape[0]:
-        raise ValueError(f"labels have {labels.shape[-1]} anchors but levels {levels.shape[0]}")
-    kind = torch.where(labels >= 0, 0, torch.where(labels == IGNORE, 1, 2))
-    index = (levels.to(labels.device) * 3 + kind).reshape(-1)
-    return torch.bincount(index, minlength=num_levels * 3).reshape(num_levels, 3)
-
-
-# ------------------------------------------------------------------------------ Figure 4
 CDF_KINDS = ("positives", "negatives")
 """The two sets of Figure 4: foreground anchors' true class, and every class of background anchors."""
 
@@ -378,22 +204,6 @@ def loss_cdf(
                    positives.seen, negatives.seen, len(dataset))
 
 
-# ------------------------------------------------------------------------------ against the paper
-@dataclass(frozen=True)
-class Claim:
-    """One of the paper's findings and whether these results bear it out (None: not testable here)."""
-
-    text: str
-    holds: Optional[bool]
-    detail: str
-
-
-def format_claims(claims: Sequence[Claim]) -> str:
-    """One line per claim: holds / does not hold / not tested, and the numbers behind it."""
-    verdict = {True: "holds", False: "does NOT hold", None: "not tested"}
-    return "\n".join(f"{c.text}: {verdict[c.holds]} — {c.detail}" for c in claims)
-
-
 def paper_findings(result: LossCDF) -> list[Claim]:
     """The findings of the paper's Figure 4 (§5.1), checked on ``result``.
 
@@ -409,12 +219,12 @@ def paper_findings(result: LossCDF) -> list[Claim]:
     neg0 = hardest_share(result.losses("negatives", 0.0), 0.2)
     neg2 = {f: hardest_share(result.losses("negatives", 2.0), f) for f in (0.05, 0.01)}
     return [
-        Claim("positives, γ = 2: the hardest 20% hold about half of the loss", 0.35 <= pos2 <= 0.65,
+        Claim.check("positives, γ = 2: the hardest 20% hold about half of the loss", 0.35 <= pos2 <= 0.65,
               f"they hold {pos2:.0%}"),
-        Claim("positives: γ changes the curve little", abs(pos2 - pos0) <= 0.15,
+        Claim.check("positives: γ changes the curve little", abs(pos2 - pos0) <= 0.15,
               f"hardest 20% hold {pos0:.0%} at γ = 0, {pos2:.0%} at γ = 2"),
-        Claim("negatives, γ = 0: the curve is like the positives'", abs(neg0 - pos0) <= 0.15,
+        Claim.check("negatives, γ = 0: the curve is like the positives'", abs(neg0 - pos0) <= 0.15,
               f"hardest 20% hold {neg0:.0%} of the negatives' loss, {pos0:.0%} of the positives'"),
-        Claim("negatives, γ = 2: almost all the loss sits in a few hard negatives", neg2[0.05] >= 0.8,
+        Claim.check("negatives, γ = 2: almost all the loss sits in a few hard negatives", neg2[0.05] >= 0.8,
               f"the hardest 5% hold {neg2[0.05]:.1%}, the hardest 1% {neg2[0.01]:.1%}"),
     ]

@@ -1,0 +1,294 @@
+"""The FL-vs-CE study (``results/fl_vs_ce``): where, at small scale, does the focal loss win?
+
+The paper's headline (Table 1a/b) is that FL with γ = 2 beats the best α-balanced CE by
+2.9 AP on COCO, where ~100k anchors per image meet a few dozen objects (~1000 negatives per
+positive). On two CPU cores the kit trains for minutes, from scratch, on Shapes — so this
+study measures, one factor at a time and over seeds, what decides the FL − α-CE gap:
+
+* **imbalance** — negatives per positive anchor, from 1-10 objects per 128 px image (~16 : 1)
+  to one object in one image of six (~550 : 1), at the same budget;
+* **schedule** — 250, 500 and 1000 iterations;
+* **learning rate** — one shared grid, each loss at its own best;
+* **loss scale** — FL's classification loss ×4, the size of α-CE's: the loss's *size* apart
+  from its *shape*.
+
+Every row trains each of its arms on the same data, budget and seeds (0, 1, 2); identical
+configurations share one folder, so the reference row is trained once for all sweeps.
+``python -m fl_lab.study --out runs/fl_vs_ce --results results/fl_vs_ce`` runs it (hours on
+two CPU cores; finished runs are read back) and writes the table, JSON and figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from .ablations import (BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, Ablation, ablation_folder, alpha_ce,
+                        focal, table1_base)
+from .analysis import Claim, SeedStats, anchor_coverage, compare_seeds, format_claims, loss_cdf, paper_findings
+from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .train import Config, datasets, load_run
+
+__all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_rows", "gap_claims", "gap_figure", "gap_points",
+           "figure4", "format_figure4", "load_results", "main", "run_study", "study_rows"]
+
+#: The study's base: the lesson regime (the ``cpu-fast`` preset, as Table 1's CPU grid runs it):
+#: Shapes at 128 px, one object of 32-96 px per image, ResNet-18-FPN (64 channels, two
+#: GroupNorm convs per head) from scratch, 500 iterations of 8 images.
+STUDY_BASE = {k: v for k, v in dataclasses.asdict(table1_base(gpu=False)).items() if k != "out"}
+
+FL_X4 = Ablation("FL γ=2 α=0.25, cls loss ×4", FOCAL, dict(FL_GAMMA_2.overrides, cls_weight=4.0))
+#: The arms, by name: Table 1's rows (the same names, so Table 1's grid reads these runs back). Each
+#: loss gets the same small search over α: α-CE {.5, .75, .9}, FL (γ = 2) {.25, .5, .75}.
+ARMS: dict[str, Ablation] = {a.name: a for a in (FL_GAMMA_2, alpha_ce(0.5), BEST_ALPHA_CE, alpha_ce(0.9), NO_PRIOR,
+                                                  focal(2.0, 0.5), focal(2.0, 0.75), FL_X4)}
+FL, BEST_CE = FL_GAMMA_2.name, BEST_ALPHA_CE.name
+HEADLINE = (FL, BEST_CE)
+
+IMBALANCE, SCHEDULE, LR, SCALE, REFERENCE = "imbalance", "schedule", "learning rate", "loss scale", "reference"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting of one sweep: the Config fields it changes from the base, and the arms it trains."""
+
+    sweep: str
+    label: str
+    overrides: dict
+    arms: tuple[str, ...] = HEADLINE
+
+
+def study_rows() -> list[Row]:
+    """The study's rows, in the order they are run."""
+    return [
+        Row(REFERENCE, "1 object per image", {}, tuple(a for a in ARMS if a != FL_X4.name)),
+        Row(LR, "lr 0.01", dict(lr=0.01)),
+        Row(LR, "lr 0.02", {}),
+        Row(LR, "lr 0.05", dict(lr=0.05)),
+        Row(SCHEDULE, "250 iterations", dict(steps=250, warmup=25)),
+        Row(SCHEDULE, "500 iterations", {}),
+        Row(SCHEDULE, "1000 iterations", dict(steps=1000, warmup=100)),
+        Row(SCALE, "FL's cls loss ×4", {}, (FL, FL_X4.name, BEST_CE)),
+        Row(IMBALANCE, "1-10 objects per image", dict(max_objects=10)),
+        Row(IMBALANCE, "1 object per image", {}),
+        Row(IMBALANCE, "2 of 3 images empty", dict(empty_fraction=2 / 3)),
+        Row(IMBALANCE, "5 of 6 images empty", dict(empty_fraction=5 / 6)),
+    ]
+
+
+def _slug(overrides: dict) -> str:
+    if not overrides:
+        return "base"
+    return "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def config_of(row: Row, arm: str, out: str | Path, base: Optional[dict] = None) -> Config:
+    """The configuration of one arm of one row, in ``out/<what the row changes>/<arm>``: runs
+    that are the same configuration share a folder, and ``out/base`` is Table 1's layout."""
+    fields = {**(STUDY_BASE if base is None else base), **row.overrides, **ARMS[arm].overrides}
+    return Config(**fields, out=str(Path(out) / _slug(row.overrides) / ablation_folder(ARMS[arm])))
+
+
+@dataclass
+class RowResult:
+    """A row's runs: {arm: the seeds' records}, and the imbalance its data measured."""
+
+    row: Row
+    runs: dict[str, list[RunRecord]]
+    imbalance: float  # negative anchors per positive anchor (validation images, the paper's rule)
+
+    def stats(self, arm: str, metric: str = "AP") -> SeedStats:
+        return seed_stats(self.runs[arm], metric)
+
+
+IMBALANCE_IMAGES = 600
+"""Validation images each row's imbalance is measured on (the sparsest row then still has ~100 objects)."""
+
+
+def measure_imbalance(config: Config, images: Optional[int] = None) -> float:
+    """Negative : positive anchors of a configuration's validation data (:func:`anchor_coverage`)."""
+    _, val_set = datasets(dataclasses.replace(config, val_images=images or IMBALANCE_IMAGES))
+    return anchor_coverage(val_set).imbalance
+
+
+def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequence[int] = SEEDS,
+              base: Optional[dict] = None, progress: bool = True) -> list[RowResult]:
+    """Run (or read back) every arm of every row over ``seeds``; runs shared by rows are made once."""
+    results = []
+    for row in tqdm(list(rows if rows is not None else study_rows()), desc="study rows", disable=not progress):
+        runs = {arm: run_seeds(config_of(row, arm, out, base), seeds, progress=False) for arm in row.arms}
+        results.append(RowResult(row, runs, measure_imbalance(config_of(row, row.arms[0], out, base))))
+    return results
+
+
+def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "AP50")) -> str:
+    """A table: one line per (row, arm), each metric as mean ± std over seeds (×100)."""
+    width = max([len(a) for r in results for a in r.row.arms] + [3]) + 2
+    header = f"{'sweep':<15}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+    lines = [header, "-" * len(header)]
+    for r in results:
+        for i, arm in enumerate(r.row.arms):
+            head = f"{r.row.sweep:<15}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * 49
+            lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics))
+    return "\n".join(lines)
+
+
+def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
+    """For each row: does FL (γ = 2) beat the best α-CE arm of that row, beyond 2 standard errors?
+
+    The best α-CE arm is the one with the highest mean; where a row searched FL's α too, its
+    best FL is set against the best α-CE as well; in the learning-rate sweep each loss is
+    taken at its own best learning rate (one extra claim).
+    """
+    claims = []
+    for r in results:
+        ce_arms = [a for a in r.row.arms if ARMS[a].overrides.get("loss_fn") == "balanced_ce"]
+        best = max(ce_arms, key=lambda a: r.stats(a, metric).mean)
+        fl_arms = [a for a in r.row.arms if ARMS[a].overrides.get("loss_fn") == "focal"]
+        for fl in fl_arms:
+            claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: {fl} beats {best}",
+                                        r.stats(fl, metric).values, r.stats(best, metric).values))
+        searched = [a for a in fl_arms if "cls_weight" not in ARMS[a].overrides]
+        if len(searched) > 1:  # the same small search over α for both losses: the best against the best
+            best_fl = max(searched, key=lambda a: r.stats(a, metric).mean)
+            claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: FL at its best α ({best_fl}) beats α-CE at "
+                                        f"its best α ({best})", r.stats(best_fl, metric).values,
+                                        r.stats(best, metric).values))
+    lr_rows = [r for r in results if r.row.sweep == LR]
+    if lr_rows:
+        best_fl = max(lr_rows, key=lambda r: r.stats(FL, metric).mean)
+        best_ce = max(lr_rows, key=lambda r: r.stats(BEST_CE, metric).mean)
+        claims.append(compare_seeds(f"each loss at its best learning rate: FL ({best_fl.row.label}) beats α-CE "
+                                    f"({best_ce.row.label})", best_fl.stats(FL, metric).values,
+                                    best_ce.stats(BEST_CE, metric).values))
+    return claims
+
+
+def gap_points(results: Sequence[RowResult], sweep: str) -> list[tuple[float, tuple, tuple]]:
+    """(factor, FL's AP per seed, α-CE α = .75's AP per seed) for each row of ``sweep`` — what
+    :func:`fl_lab.plots.gap_figure` draws. The factor: negatives per positive (imbalance),
+    iterations (schedule) or the learning rate."""
+    factor = {IMBALANCE: lambda r: r.imbalance, SCHEDULE: lambda r: r.runs[FL][0].config["steps"],
+              LR: lambda r: r.runs[FL][0].config["lr"]}[sweep]
+    return [(factor(r), r.stats(FL).values, r.stats(BEST_CE).values) for r in results if r.row.sweep == sweep]
+
+
+def load_results(path: str | Path) -> list[RowResult]:
+    """The rows of a ``study.json`` written by ``python -m fl_lab.study --results`` (what lessons read)."""
+    rows = read_results(path, "python -m fl_lab.study")["rows"]
+    return [RowResult(Row(r["sweep"], r["label"], r["overrides"], tuple(r["arms"])),
+                      {arm: [RunRecord(**run) for run in runs] for arm, runs in r["arms"].items()}, r["imbalance"])
+            for r in rows]
+
+
+FIGURE4_IMAGES = 500
+"""Fresh validation images each model's Figure 4 is sampled from (as lesson 05 does in full mode)."""
+
+
+def figure4(records: Sequence[RunRecord], images: Optional[int] = None, progress: bool = False) -> list[dict]:
+    """The paper's Figure 4 measured on each seed's trained model (lesson 05's analysis, repeated).
+
+    For each run: its model (``last.pt``), :func:`fl_lab.analysis.loss_cdf` on fresh images (a
+    split none of the runs trained or was scored on), the share of the loss held by the hardest
+    20 / 5 / 1 % of positives and negatives for γ ∈ {0, 0.5, 1, 2}, and the paper's four findings.
+    """
+    out = []
+    for record in records:
+        model, config = load_run(record.out)
+        _, fresh = datasets(dataclasses.replace(config, val_images=images or FIGURE4_IMAGES, seed=config.seed + 1))
+        result = loss_cdf(model, fresh, gammas=(0.0, 0.5, 1.0, 2.0), max_negatives=2_000_000, progress=progress)
+        out.append({"seed": record.seed, "out": record.out, "images": result.num_images,
+                    "positives": result.seen_positives, "negatives": result.seen_negatives,
+                    "shares": {f"{kind} γ={gamma:g}": {f"{f:g}": v for f, v in shares.items()}
+                               for (kind, gamma), shares in result.shares().items()},
+                    "claims": [dataclasses.asdict(c) for c in paper_findings(result)]})
+    return out
+
+
+def format_figure4(seeds: Sequence[dict]) -> str:
+    """The hardest-sample shares of :func:`figure4`, mean ± std over seeds, one line per (set, γ)."""
+    keys = list(seeds[0]["shares"])
+    fractions = list(seeds[0]["shares"][keys[0]])
+    lines = [f"share of the loss held by the hardest samples, mean ± std over {len(seeds)} seeds' models",
+             f"{'set':<18}" + "".join(f"{f'top {float(f):.0%}':>16}" for f in fractions)]
+    for key in keys:
+        lines.append(f"{key:<18}" + "".join(f"{SeedStats(tuple(s['shares'][key][f] for s in seeds)).format():>16}"
+                                            for f in fractions))
+    verdicts = [[c["verdict"] for c in s["claims"]] for s in seeds]
+    for i, claim in enumerate(seeds[0]["claims"]):
+        lines.append(f"{claim['text']}: {', '.join(v[i] for v in verdicts)} (seeds {', '.join(str(s['seed']) for s in seeds)})")
+    return "\n".join(lines)
+
+
+def to_json(results: Sequence[RowResult]) -> list[dict]:
+    """Every row, arm and run: configuration, metrics, final losses, seconds."""
+    return [{"sweep": r.row.sweep, "label": r.row.label, "overrides": r.row.overrides, "imbalance": r.imbalance,
+             "arms": {arm: [dataclasses.asdict(run) for run in runs] for arm, runs in r.runs.items()}}
+            for r in results]
+
+
+_AXES = {IMBALANCE: ("negative anchors per positive anchor (log scale)", "against the imbalance"),
+         SCHEDULE: ("training iterations (log scale)", "against the schedule's length, 1 object per image"),
+         LR: ("learning rate (log scale)", "against the learning rate, 1 object per image")}
+
+
+def gap_figure(results: Sequence[RowResult], sweep: str):
+    """:func:`fl_lab.plots.gap_figure` of one sweep of the study."""
+    from . import plots
+
+    xlabel, what = _AXES[sweep]
+    return plots.gap_figure(gap_points(results, sweep), xlabel=xlabel, log_x=True,
+                            title=f"FL (γ = 2, α = .25) − α-CE (α = .75) {what} (Shapes, 2 CPU cores)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m fl_lab.study``: run the study (finished runs are read back), print it, write results."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fl_lab.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/fl_vs_ce", help="folder of the runs (finished runs are read back)")
+    parser.add_argument("--results", default=None, help="folder for study.txt, study.json and the figures")
+    parser.add_argument("--sweeps", default=None, help="comma-separated sweeps to run (default: all): "
+                        + ", ".join(dict.fromkeys(r.sweep for r in study_rows())))
+    args = parser.parse_args(argv)
+    rows = study_rows()
+    if args.sweeps:
+        wanted = [s.strip() for s in args.sweeps.split(",")]
+        unknown = set(wanted) - {r.sweep for r in rows}
+        if unknown:
+            parser.error(f"--sweeps: unknown {sorted(unknown)}; choose from {sorted({r.sweep for r in rows})}")
+        rows = [r for r in rows if r.sweep in wanted]
+    start = time.perf_counter()
+    results = run_study(args.out, rows, seeds=SEEDS)
+    wall = time.perf_counter() - start
+    claims = gap_claims(results)
+    text = "\n\n".join([format_rows(results), format_claims(claims)])
+    print(text)
+    if args.results:
+        folder = Path(args.results)
+        command = "python -m fl_lab.study " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(folder, "study", command, text, {
+            "wall_s_this_call": wall, "seeds": list(SEEDS), "base": STUDY_BASE, "rows": to_json(results),
+            "claims": [dataclasses.asdict(c) for c in claims]})
+        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (LR, "lr")):
+            if any(r.row.sweep == sweep for r in results):
+                gap_figure(results, sweep).savefig(folder / f"gap_vs_{name}.png", dpi=100)
+        reference = next((r for r in results if r.row.sweep == REFERENCE), None)
+        if reference is not None:  # Figure 4 on each seed's model of the lesson regime (lesson 05)
+            seeds = figure4(reference.runs[FL])
+            (folder / "figure4.json").write_text(json.dumps({"images": FIGURE4_IMAGES, "seeds": seeds}, indent=2))
+            (folder / "figure4.txt").write_text(format_figure4(seeds) + "\n")
+            print("\n" + format_figure4(seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""What a training run needs: :class:`Config` (each field also a command-line option) and the named
+:data:`PRESETS`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Optional
+
+from ..model import LOSS_FUNCTIONS
+
+__all__ = ["PRESETS", "Config"]
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    """Everything a run needs; each field is also a command-line option (``--field-name``)."""
+
+    # data
+    dataset: str = _opt("shapes", "shapes (built in), coco or voc", choices=("shapes", "coco", "voc"))
+    data_root: str = _opt("data", "coco: folder with train2017/, val2017/, annotations/; voc: folder with VOCdevkit/")
+    image_size: int = _opt(128, "Shapes: image side; COCO/VOC: shorter side after resizing (paper: 600 or 800)")
+    max_size: int = _opt(1333, "COCO/VOC: cap on the longer side after resizing")
+    train_images: int = _opt(2000, "Shapes: training images")
+    val_images: int = _opt(200, "Shapes: validation images (a different seed)")
+    num_classes: int = _opt(5, "Shapes: number of shape classes (COCO and VOC bring their own)")
+    min_objects: int = _opt(1, "Shapes: fewest objects per image")
+    max_objects: int = _opt(30, "Shapes: most objects per image")
+    empty_fraction: float = _opt(0.0, "Shapes: share of images without any object (sparsity: more negatives per positive)")
+    min_object_size: float = _opt(32.0, "Shapes: smallest object side in pixels (32: every object has an anchor with "
+                                  "IoU >= 0.5)")
+    # model
+    backbone: str = _opt("resnet18", "resnet18, resnet34, resnet50 or resnet101")
+    fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
+    head_convs: int = _opt(4, "3x3 convs in each subnet before its output (paper: 4)")
+    head_norm: Optional[str] = _opt(None, "None or gn (GroupNorm in the heads)")
+    backbone_weights: Optional[str] = _opt(None, "ImageNet weights file for the ResNet (none: from scratch)")
+    prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
+    anchor_scales: int = _opt(3, "anchor scales per level, 2^(k/n) for k < n (paper: 3; Table 1c tries 1-4)")
+    anchor_ratios: int = _opt(3, "anchor aspect ratios: 1 (1:1) or 3 (1:2, 1:1, 2:1; the paper's)", choices=(1, 3))
+    # loss
+    loss_fn: str = _opt("focal", "focal, ce, balanced_ce, focal_star or ohem (cross-entropy on the hardest anchors)",
+                        choices=("focal", "ce", "balanced_ce", "focal_star", "ohem"))
+    gamma: float = _opt(2.0, "focusing parameter of focal / focal_star (paper: 2)")
+    alpha: Optional[float] = _opt(None, "weight of positives; None: the loss's own (the paper's best: focal 0.25, "
+                                  "balanced_ce 0.75, focal_star unweighted); ignored by ce and ohem")
+    ohem_batch: int = _opt(128, "ohem: anchors per image kept after NMS, highest loss first (paper Table 1d: 128, 256)")
+    ohem_nms: float = _opt(0.5, "ohem: IoU threshold of the NMS over anchors' predicted boxes (paper: 0.5, 0.7)")
+    ohem_max_pos_fraction: Optional[float] = _opt(None, "ohem: at most this share of positives (0.25 = SSD's 1:3; "
+                                                  "None: no cap)")
+    box_loss: str = _opt("l1", "l1 (torchvision, detectron2) or smooth_l1 (paper)", choices=("l1", "smooth_l1"))
+    normalize: str = _opt("batch", "loss normaliser: batch (paper), per_image (torchvision), ema (detectron2)",
+                          choices=("batch", "per_image", "ema"))
+    cls_weight: float = _opt(1.0, "weight of the classification loss in the total (paper: 1)")
+    # optimisation
+    steps: int = _opt(1000, "training iterations")
+    batch_size: int = _opt(8, "images per iteration, over all processes (paper: 16)")
+    lr: float = _opt(0.01, "base learning rate (paper: 0.01 at batch 16)")
+    warmup: int = _opt(100, "iterations of linear warm-up from lr/3")
+    momentum: float = _opt(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _opt(1e-4, "weight decay (paper: 1e-4)")
+    amp: str = _opt("none", "mixed precision: none, bf16 or fp16 (fp16 adds a gradient scaler)", choices=("none", "bf16", "fp16"))
+    # run
+    seed: int = _opt(0, "seed of the weights, the data order and the flips")
+    device: str = _opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
+    workers: int = _opt(2, "DataLoader worker processes")
+    out: str = _opt("runs/default", "run folder: config, log, checkpoint, metrics")
+    checkpoint_every: int = _opt(500, "write last.pt every N iterations (and always at the end)")
+    log_every: int = _opt(10, "append to log.jsonl every N iterations")
+    stop_after: Optional[int] = _opt(None, "stop (with a checkpoint) after this many iterations; --resume continues")
+    evaluate: bool = _opt(True, "evaluate AP on the validation set at the end")
+
+    def loss_kwargs(self) -> dict:
+        """Arguments of :meth:`RetinaNet.loss` for this configuration: the named loss of
+        :data:`fl_lab.model.LOSS_FUNCTIONS` with this configuration's parameters."""
+        alpha = {} if self.alpha is None else {"alpha": self.alpha}
+        params = {
+            "focal": dict(gamma=self.gamma, **alpha),
+            "ce": {},
+            "balanced_ce": alpha,
+            "focal_star": dict(gamma=self.gamma, **alpha),
+            "ohem": dict(batch_size=self.ohem_batch, nms_thresh=self.ohem_nms,
+                         max_pos_fraction=self.ohem_max_pos_fraction),
+        }[self.loss_fn]
+        fn = partial(LOSS_FUNCTIONS[self.loss_fn], **params)
+        return {"loss_fn": fn, "box_loss": self.box_loss, "normalize": self.normalize, "cls_weight": self.cls_weight}
+
+
+#: Named starting points; any field can still be overridden on the command line.
+PRESETS: dict[str, dict] = {
+    # The lesson regime (lessons 04-06, results/fl_vs_ce): Shapes at 128 px, one object of 32-96 px
+    # per image (every object has an anchor with IoU >= 0.5; ~90 negative anchors per positive),
+    # a small ResNet-18-FPN with GroupNorm heads from scratch: about 3.5 minutes on two CPU cores.
+    # detectron2's running-average normaliser: the study's sparser data has batches without objects.
+    "cpu-fast": dict(image_size=128, train_images=4000, val_images=200, min_objects=1, max_objects=1,
+                     min_object_size=32.0, backbone="resnet18", fpn_channels=64, head_convs=2, head_norm="gn",
+                     batch_size=8, steps=500, lr=0.02, warmup=50, normalize="ema", workers=1, checkpoint_every=100,
+                     out="runs/cpu-fast"),
+    # Shapes at 512 px, ResNet-50-FPN, batch 16, bf16: sized for about 10 minutes on one H100.
+    "gpu": dict(image_size=512, train_images=16000, val_images=500, min_object_size=32.0, backbone="resnet50",
+                fpn_channels=256,
+                head_convs=4, batch_size=16, steps=3000, lr=0.01, warmup=300, amp="bf16", workers=12,
+                checkpoint_every=500, log_every=20, out="runs/gpu"),
+    # The paper's recipe on COCO 2017 (train2017 / val2017): 90k iterations at batch 16.
+    "coco": dict(dataset="coco", data_root="data/coco", image_size=800, max_size=1333, backbone="resnet50",
+                 fpn_channels=256, head_convs=4, batch_size=16, steps=90_000, lr=0.01, warmup=500, amp="bf16",
+                 workers=8, checkpoint_every=5000, log_every=20, out="runs/coco"),
+}

@@ -1,0 +1,151 @@
+"""A whole run from a :class:`~fl_lab.train.config.Config`: data, model, training, evaluation, and the
+model a run folder holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import CocoDataset, Resize, Shapes, VOCDataset, collate
+from ..data.sampler import FlipByKey, TrainSampler
+from ..evaluate import evaluate
+from ..anchors import AnchorGenerator
+from ..model import RetinaNet
+from .config import Config
+from .loop import load_checkpoint, train
+
+__all__ = ["anchor_generator", "build_model", "datasets", "load_run", "run"]
+
+
+def datasets(config: Config) -> tuple:
+    """(training set, validation set) for the configuration."""
+    if config.dataset == "shapes":
+        make = partial(Shapes, image_size=config.image_size, num_classes=config.num_classes,
+                       min_objects=config.min_objects, max_objects=config.max_objects,
+                       empty_fraction=config.empty_fraction, min_size=config.min_object_size)
+        return make(config.train_images, seed=config.seed), make(config.val_images, seed=config.seed + 10_000)
+    resize = Resize(config.image_size, config.max_size)
+    root = Path(config.data_root)
+    if config.dataset == "coco":
+        return (CocoDataset(root / "train2017", root / "annotations" / "instances_train2017.json", transform=resize),
+                CocoDataset(root / "val2017", root / "annotations" / "instances_val2017.json", transform=resize))
+    return (VOCDataset(root, image_set="train", transform=resize), VOCDataset(root, image_set="val", transform=resize))
+
+
+def anchor_generator(config: Config) -> AnchorGenerator:
+    """The paper's P3-P7 anchors with the configuration's number of scales and aspect ratios (Table 1c)."""
+    if not isinstance(config.anchor_scales, int) or config.anchor_scales < 1:
+        raise ValueError(f"anchor_scales must be an integer >= 1, got {config.anchor_scales!r}")
+    if config.anchor_ratios not in (1, 3):
+        raise ValueError(f"anchor_ratios must be 1 or 3, got {config.anchor_ratios!r}")
+    n = config.anchor_scales
+    return AnchorGenerator(scales=tuple(2 ** (k / n) for k in range(n)),
+                           aspect_ratios=(1.0,) if config.anchor_ratios == 1 else (0.5, 1.0, 2.0))
+
+
+def build_model(config: Config, num_classes: int) -> RetinaNet:
+    """The configured RetinaNet, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return RetinaNet(num_classes, backbone=config.backbone, fpn_channels=config.fpn_channels,
+                     head_convs=config.head_convs, prior=config.prior, head_norm=config.head_norm,
+                     backbone_weights=config.backbone_weights, anchor_generator=anchor_generator(config))
+
+
+def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[RetinaNet, Config]:
+    """The model a run folder's ``last.pt`` holds, in eval mode, and the run's configuration.
+
+    The architecture comes from the configuration saved in the checkpoint, the weights from
+    the checkpoint itself (so a ``backbone_weights`` file need not exist any more).
+    """
+    state = load_checkpoint(Path(out) / "last.pt", map_location=device)
+    try:
+        config, num_classes = Config(**state["extra"]["config"]), int(state["extra"]["num_classes"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{Path(out) / 'last.pt'} holds no run configuration (written by an older fl_lab, or not by "
+                         "fl_lab.train.run): train it again, e.g. with lesson 04 or python -m fl_lab.train") from None
+    model = build_model(dataclasses.replace(config, backbone_weights=None), num_classes)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config
+
+
+def run(config: Config, resume: bool = False, progress: bool = True,
+        build: Optional[Callable[[Config, int], nn.Module]] = None) -> dict:
+    """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
+
+    ``build(config, num_classes)`` makes the model (default :func:`build_model`, a RetinaNet;
+    :mod:`fl_lab.compare` passes torchvision's detectors, which then get the same data,
+    schedule and evaluation). Returns {"model": the trained model, "history": rows of this
+    call, "metrics": AP dict or None, "out": run folder}.
+    Under ``torchrun`` each process runs this; rank 0 writes the files.
+    """
+    rank, world, device = _setup_distributed(config.device)
+    out = Path(config.out)
+    state = load_checkpoint(out / "last.pt") if resume else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    train_set, val_set = datasets(config)
+    model = (build or build_model)(config, train_set.num_classes).to(device)
+    sampler = TrainSampler(len(train_set), config.batch_size, config.seed, start_step=state["step"] if state else 0,
+                           rank=rank, world_size=world)
+    loader = DataLoader(FlipByKey(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    history = train(wrapped, loader, config.steps, config.lr, config.warmup, config.loss_kwargs(), device, progress,
+                    momentum=config.momentum, weight_decay=config.weight_decay, amp=config.amp, out=out,
+                    checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                    stop_after=config.stop_after, resume_from=state,
+                    extra_state={"config": dataclasses.asdict(config), "num_classes": train_set.num_classes})
+    if world > 1:
+        _check_replicas(model, out if rank == 0 else None)
+    metrics = None
+    finished = config.stop_after is None or config.stop_after >= config.steps
+    if rank == 0 and config.evaluate and finished:
+        metrics = evaluate(model, val_set, batch_size=config.batch_size, device=device, progress=progress)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if world > 1:
+        dist.destroy_process_group()
+    return {"model": model, "history": history, "metrics": metrics, "out": out}
+
+
+def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank, local = (dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
+    if device == "auto":
+        device = f"cuda:{local}" if cuda else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _check_replicas(model: nn.Module, out: Optional[Path]) -> None:
+    """Assert that every process ended with the same weights (DDP keeps them in step); log it.
+
+    Only parameters are compared: BatchNorm's running statistics are each replica's own
+    until DDP copies rank 0's at the next forward pass (rank 0's are the ones saved).
+    """
+    checksum = torch.stack([(i + 1) * p.detach().double().sum() for i, p in enumerate(model.parameters())]).sum().reshape(1)
+    low, high = checksum.clone(), checksum.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    identical = bool(low == high)
+    if out is not None:
+        with open(out / "log.jsonl", "a") as log:
+            log.write(json.dumps({"replicas": dist.get_world_size(), "replicas_identical": identical}) + "\n")
+    if not identical:
+        raise RuntimeError(f"replicas diverged: weight checksums range from {low.item()} to {high.item()}")

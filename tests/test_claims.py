@@ -1,0 +1,54 @@
+"""fl_lab.analysis.claims: seeded results judged against their noise."""
+
+import math
+import statistics
+
+import pytest
+
+from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, Claim, SeedStats, compare_seeds, format_claims
+
+
+def test_seed_stats_are_the_sample_mean_std_and_standard_error():
+    s = SeedStats((0.2, 0.3, 0.4))
+    assert s.n == 3 and s.mean == pytest.approx(0.3) and s.std == pytest.approx(0.1)
+    assert s.sem == pytest.approx(0.1 / math.sqrt(3))
+    assert s.format() == "30.0 ± 10.0" and SeedStats((0.5,)).format() == "50.0 ± 0.0 (n=1)"
+    with pytest.raises(ValueError, match="at least one"):
+        SeedStats(())
+
+
+def _welch(a, b):  # the rule written out: difference of means over the root of summed squared SEs
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return (statistics.fmean(a) - statistics.fmean(b)) / se
+
+
+def test_a_claim_holds_fails_or_is_within_noise():
+    clear = compare_seeds("a beats b", [0.30, 0.31, 0.29], [0.20, 0.22, 0.21])
+    assert clear.verdict == HOLDS and _welch([0.30, 0.31, 0.29], [0.20, 0.22, 0.21]) > 2
+    assert "+9.0 ±" in clear.detail and "30.0 ± 1.0 vs 21.0 ± 1.0" in clear.detail
+    reversed_ = compare_seeds("a beats b", [0.10, 0.12, 0.11], [0.20, 0.22, 0.21])
+    assert reversed_.verdict == FAILS
+    # the same means, but a noisy arm: the difference is inside 2 standard errors
+    noisy = compare_seeds("a beats b", [0.30, 0.05, 0.55], [0.20, 0.22, 0.21])
+    assert noisy.verdict == WITHIN_NOISE and abs(_welch([0.30, 0.05, 0.55], [0.20, 0.22, 0.21])) < 2
+    assert compare_seeds("t", [0.3], [0.1, 0.2]).verdict == NOT_TESTED
+    tie = compare_seeds("t", [0.0, 0.0], [0.0, 0.0])
+    assert tie.verdict == WITHIN_NOISE  # no noise and no difference: no win
+    exact = compare_seeds("t", [0.3, 0.3], [0.2, 0.2])
+    assert exact.verdict == HOLDS  # no noise at all and a difference
+
+
+def test_the_margin_is_the_number_of_standard_errors():
+    a, b = [0.30, 0.32, 0.34], [0.28, 0.30, 0.32]  # difference 2, standard error ~1.63 (×100)
+    assert 1 < _welch(a, b) < 2
+    assert compare_seeds("t", a, b, margin=1.0).verdict == HOLDS
+    assert compare_seeds("t", a, b, margin=2.0).verdict == WITHIN_NOISE
+
+
+def test_claims_check_their_verdict_and_format():
+    assert Claim.check("x", True, "d").verdict == HOLDS and Claim.check("x", False, "d").verdict == FAILS
+    assert Claim.check("x", None, "d").verdict == NOT_TESTED
+    with pytest.raises(ValueError, match="verdict"):
+        Claim("x", "probably", "d")
+    text = format_claims([Claim.check("one", True, "1 vs 0"), compare_seeds("two", [0.1, 0.3], [0.2, 0.2])])
+    assert text.splitlines() == ["one: holds — 1 vs 0", text.splitlines()[1]] and "two: within noise" in text

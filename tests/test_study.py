@@ -1,0 +1,102 @@
+"""fl_lab.study: the FL-vs-CE study's rows, folders, runner, claims and command line."""
+
+import dataclasses
+import json
+
+import pytest
+
+from fl_lab import study
+from fl_lab.ablations import table1_base, table1_grid
+from fl_lab.analysis import FAILS, HOLDS, WITHIN_NOISE
+from fl_lab.experiment import RunRecord
+from fl_lab.train import PRESETS, Config
+
+
+def test_the_base_is_the_lesson_regime_and_table1s_cpu_grid():
+    base = Config(**study.STUDY_BASE)
+    assert base == dataclasses.replace(table1_base(gpu=False), out=base.out)
+    assert all(getattr(base, k) == v for k, v in PRESETS["cpu-fast"].items() if k not in ("checkpoint_every", "out"))
+    assert base.min_object_size == 32 and base.max_objects == 1 and base.normalize == "ema"
+
+
+def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
+    rows = study.study_rows()
+    sweeps = {r.sweep for r in rows}
+    assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.LR, study.SCALE}
+    for r in rows:
+        assert len(r.overrides) <= 2 and study.FL in r.arms and study.BEST_CE in r.arms
+        for arm in r.arms:
+            study.config_of(r, arm, tmp_path)  # every override is a Config field
+    reference = next(r for r in rows if r.sweep == study.REFERENCE)
+    assert {"α-CE α=0.5", "α-CE α=0.75", "α-CE α=0.9", "CE without prior init"} <= set(reference.arms)
+    folders = {study.config_of(r, study.FL, tmp_path).out for r in rows if not r.overrides}
+    assert len(folders) == 1  # the reference run is made once for every sweep that has it
+    assert folders == {str(tmp_path / "base" / "FL_γ=2_α=0.25")}
+    # Table 1's arms are the same runs: same configuration, same folder
+    grid = {a.name: a for a in table1_grid()}
+    for name in ("FL γ=2 α=0.25", "α-CE α=0.75", "CE without prior init"):
+        row_config = study.config_of(reference, name, tmp_path)
+        assert row_config == dataclasses.replace(table1_base(gpu=False), **grid[name].overrides, out=row_config.out)
+    imbalance = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.IMBALANCE]
+    assert [c.empty_fraction for c in imbalance] == sorted(c.empty_fraction for c in imbalance)
+
+
+def fake(row, aps_by_arm, imbalance=90.0):
+    runs = {arm: [RunRecord({"seed": s, "steps": 500}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
+                  for s, a in enumerate(aps)] for arm, aps in aps_by_arm.items()}
+    return study.RowResult(row, runs, imbalance)
+
+
+def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
+    ref = study.Row(study.REFERENCE, "ref", {}, (study.FL, "FL γ=2 α=0.5", "α-CE α=0.5", study.BEST_CE))
+    results = [
+        fake(ref, {study.FL: [0.30, 0.31, 0.32], "FL γ=2 α=0.5": [0.33, 0.34, 0.32], "α-CE α=0.5": [0.20, 0.21, 0.19],
+                   study.BEST_CE: [0.25, 0.26, 0.24]}),
+        fake(study.Row(study.LR, "lr 0.01", {"lr": 0.01}), {study.FL: [0.1, 0.1, 0.11], study.BEST_CE: [0.4, 0.41, 0.4]}),
+        fake(study.Row(study.LR, "lr 0.05", {"lr": 0.05}), {study.FL: [0.5, 0.51, 0.5], study.BEST_CE: [0.2, 0.1, 0.3]}),
+    ]
+    claims = study.gap_claims(results)
+    assert "beats α-CE α=0.75" in claims[0].text and claims[0].verdict == HOLDS  # the best α-CE, not α = .5
+    assert "FL at its best α (FL γ=2 α=0.5) beats α-CE at its best α (α-CE α=0.75)" in claims[2].text
+    assert claims[3].verdict == FAILS and claims[4].verdict == HOLDS
+    assert "FL (lr 0.05) beats α-CE (lr 0.01)" in claims[5].text and claims[5].verdict == HOLDS
+    table = study.format_rows(results)
+    assert "reference      ref" in table and "31.0 ± 1.0" in table and "90:1" in table
+
+
+def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypatch, capsys):
+    base = {**study.STUDY_BASE, "steps": 2, "warmup": 1, "train_images": 8, "val_images": 4, "workers": 0,
+            "fpn_channels": 32, "head_convs": 1}
+    rows = [study.Row(study.IMBALANCE, "1 object", {}), study.Row(study.IMBALANCE, "sparse", {"empty_fraction": 0.5}),
+            study.Row(study.SCHEDULE, "3 iterations", {"steps": 3})]
+    monkeypatch.setattr(study, "STUDY_BASE", base)
+    monkeypatch.setattr(study, "SEEDS", (0, 1))
+    monkeypatch.setattr(study, "IMBALANCE_IMAGES", 40)
+    monkeypatch.setattr(study, "FIGURE4_IMAGES", 6)
+    rows = [study.Row(study.REFERENCE, "1 object", {}, study.HEADLINE)] + rows
+    monkeypatch.setattr(study, "study_rows", lambda: rows)
+    assert study.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
+    printed = capsys.readouterr().out
+    assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed
+    saved = json.loads((tmp_path / "res" / "study.json").read_text())
+    assert [r["label"] for r in saved["rows"]] == ["1 object", "1 object", "sparse", "3 iterations"]
+    assert saved["rows"][2]["imbalance"] > saved["rows"][1]["imbalance"]  # empty images: more negatives per positive
+    arm = saved["rows"][1]["arms"][study.FL]
+    assert [run["config"]["seed"] for run in arm] == [0, 1] and arm[0]["config"]["steps"] == 2
+    assert {c["verdict"] for c in saved["claims"]} <= {HOLDS, FAILS, WITHIN_NOISE}
+    figure4 = json.loads((tmp_path / "res" / "figure4.json").read_text())  # Figure 4 of each FL seed's model
+    assert [s["seed"] for s in figure4["seeds"]] == [0, 1] and figure4["images"] == 6
+    assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives") for g in (0, 0.5, 1, 2)}
+    assert len(figure4["seeds"][0]["claims"]) == 4 and "hardest samples" in printed
+    for name in ("gap_vs_imbalance.png", "gap_vs_schedule.png", "study.txt", "figure4.txt"):
+        assert (tmp_path / "res" / name).stat().st_size > 500
+    assert (tmp_path / "res" / "study.txt").read_text().startswith("$ python -m fl_lab.study --out")
+    loaded = study.load_results(tmp_path / "res" / "study.json")  # what lesson 06 reads
+    assert study.format_rows(loaded) in printed and [r.row.label for r in loaded] == [r.label for r in rows]
+    assert study.gap_points(loaded, study.IMBALANCE)[1][0] == saved["rows"][2]["imbalance"]
+    assert [p[0] for p in study.gap_points(loaded, study.SCHEDULE)] == [3]
+    # the shared "1 object" runs were made once: its folder holds two seeds of each arm
+    assert sorted(p.name for p in (tmp_path / "runs" / "base").iterdir()) == ["FL_γ=2_α=0.25", "α-CE_α=0.75"]
+    with pytest.raises(SystemExit):
+        study.main(["--sweeps", "nonsense"])
+    assert "--sweeps" in capsys.readouterr().err
