@@ -269,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="runs/table1", help="folder of the runs (finished runs are read back)")
     parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else SEEDS)
@@ -280,7 +281,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gpu = args.device != "cpu" and torch.cuda.is_available()
     base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast), device=args.device)
     start = time.perf_counter()
-    results = run_ablations(table1_grid(fast=args.fast), base, args.out, seeds)
+    try:
+        results = run_ablations(table1_grid(fast=args.fast), base, args.out, seeds)
+    except (ValueError, OSError) as err:  # a bad --device, an unwritable --out: one line (--debug: the traceback)
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if gpu else "CPU"
     made = sum(r.seconds for a in results for r in a.runs)

@@ -45,10 +45,15 @@ class AnchorGenerator:
         integer_sizes: bool = False,
         round_cell_anchors: bool = False,
     ):
-        if len(sizes) != len(strides) or not sizes:
+        for name, values in (("sizes", sizes), ("scales", scales), ("aspect_ratios", aspect_ratios),
+                             ("strides", strides)):
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"{name} must be a non-empty sequence of numbers, got {values!r}")
+        if len(sizes) != len(strides):
             raise ValueError(f"need one size per stride, got {len(sizes)} sizes and {len(strides)} strides")
         for name, values in (("sizes", sizes), ("scales", scales), ("aspect_ratios", aspect_ratios)):
-            if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            if not all(math.isfinite(v) and v > 0 for v in values):
                 raise ValueError(f"{name} must be positive numbers, got {tuple(values)}")
         if not all(isinstance(s, int) and s >= 1 and s & (s - 1) == 0 for s in strides):
             raise ValueError(f"strides must be powers of two (P_l has stride 2^l), got {tuple(strides)}")
@@ -125,7 +130,8 @@ class AnchorGenerator:
 
     def gen(self, image_size: tuple[int, int], device=None, dtype: torch.dtype = torch.float32) -> Tensor:
         """All anchors for an (H, W) image: (num_anchors, 4), x1 y1 x2 y2, cached per size and device."""
-        key = (tuple(image_size), str(torch.device(device or "cpu")), dtype)
+        image_size = _check_image_size(image_size)
+        key = (image_size, str(torch.device(device or "cpu")), dtype)
         if key not in self._cache:
             self._cache[key] = self._generate(image_size).to(device=device, dtype=dtype)
         return self._cache[key]

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "random_boxes"]
+__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image", "random_boxes"]
 
 
 class BoxCoder:
@@ -26,6 +26,10 @@ class BoxCoder:
     §4, following Faster R-CNN); ``clamp`` caps t_w, t_h before ``exp`` when decoding so a
     wild prediction cannot overflow. Numerically identical to torchvision's
     ``BoxCoder.encode_single`` / ``decode_single`` (same operations in the same order).
+
+    Inputs are not checked here (a hot path): inverted or NaN boxes give NaN or -inf deltas.
+    Every user-facing entry that takes boxes checks them first with :func:`check_boxes`
+    (``pad_targets``, ``assign_targets``, the datasets).
     """
 
     def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: float = math.log(1000.0 / 16)):
@@ -83,6 +87,17 @@ class BoxCoder:
         half_w = 0.5 * (torch.exp(dw) * a_w)
         half_h = 0.5 * (torch.exp(dh) * a_h)
         return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=-1)
+
+
+def clip_to_image(boxes: Tensor, image_size: tuple[int, int], min_side: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Boxes (G, 4) x1 y1 x2 y2 clipped to an (H, W) image, and which to keep (G,) bool: those still at
+    least ``min_side`` px wide and high (a box wholly outside the image keeps nothing). What COCO and VOC
+    loading do with boxes that reach outside their image."""
+    height, width = image_size
+    clipped = torch.stack((boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
+                           boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)), dim=1)
+    keep = ((clipped[:, 2] - clipped[:, 0]) >= min_side) & ((clipped[:, 3] - clipped[:, 1]) >= min_side)
+    return clipped, keep
 
 
 def box_iou_batched(boxes: Tensor, anchors: Tensor) -> Tensor:

@@ -55,12 +55,17 @@ class Matcher:
         batch, num_gt, num_anchors = iou.shape
         if valid is None:
             valid = torch.ones(batch, num_gt, dtype=torch.bool, device=iou.device)
+        elif not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+            raise ValueError(f"valid must be a bool tensor (which boxes are real), got "
+                             f"{getattr(valid, 'dtype', type(valid).__name__)}")
         elif single:
             valid = valid.unsqueeze(0)
         if valid.shape != (batch, num_gt):
             raise ValueError(f"valid must have shape {(batch, num_gt)}, got {tuple(valid.shape)}")
         if iou.numel() and bool(torch.isnan(iou).any()):
             raise ValueError("iou contains NaN: check the boxes for NaN coordinates")
+        if iou.numel() and not (0.0 <= float(iou.min()) and float(iou.max()) <= 1.0):
+            raise ValueError(f"iou must lie in [0, 1], got values from {float(iou.min()):g} to {float(iou.max()):g}")
 
         if num_gt == 0:
             matches = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.long, device=iou.device)

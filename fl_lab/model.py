@@ -169,7 +169,7 @@ class RetinaNet(nn.Module):
         frozen_bn: Optional[bool] = None,
     ):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int (object classes, no background), got {num_classes!r}")
         if backbone not in _BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}")
@@ -219,10 +219,13 @@ class RetinaNet(nn.Module):
 
         H and W need not be multiples of 128 (the grids follow
         :meth:`AnchorGenerator.feature_sizes`), but batches padded to 128 keep every
-        level's stride exact; :func:`fl_lab.data.transforms.collate` does that.
+        level's stride exact; :func:`fl_lab.data.transforms.collate` does that. An empty batch
+        (B = 0) raises ``ValueError``: there is nothing to detect and no loss to compute.
         """
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"images must be a float tensor (B, 3, H, W), got {getattr(images, 'shape', type(images))}")
+        if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+            raise ValueError(f"images must hold at least one image of at least 1×1 px, got shape {tuple(images.shape)}")
         features = list(self.backbone(images).values())  # P3 … P7
         image_size = tuple(images.shape[-2:])
         grids = [tuple(f.shape[-2:]) for f in features]
@@ -270,6 +273,11 @@ class RetinaNet(nn.Module):
         anchors, batch = output.anchors, output.cls_logits.shape[0]
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
+        for i, t in enumerate(targets):
+            for key in ("boxes", "labels"):
+                if isinstance(t, dict) and key in t and not isinstance(t[key], Tensor):
+                    raise ValueError(f"target {i}: {key} must be a tensor, got {type(t[key]).__name__} "
+                                     "(torch.tensor(...) turns a list into one)")
         try:
             boxes, labels, valid = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
         except (KeyError, TypeError):
@@ -391,6 +399,13 @@ class RetinaNet(nn.Module):
         batch, _, num_classes = cls_logits.shape
         if len(image_sizes) != batch:
             raise ValueError(f"got {len(image_sizes)} image sizes for a batch of {batch} images")
+        for h, w in image_sizes:
+            if not (h > 0 and w > 0):
+                raise ValueError(f"image sizes must be positive (height, width), got {(h, w)}")
+        for name, t in (("cls_logits", cls_logits), ("box_deltas", box_deltas)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} hold NaN or infinite values: the model's outputs are not usable "
+                                 "(did its training diverge?)")
         if not 0.0 <= score_thresh < 1.0:  # also rejects NaN
             raise ValueError(f"score_thresh must be in [0, 1), got {score_thresh}")
         if not 0.0 < nms_thresh <= 1.0:

@@ -258,6 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results", default=None, help="folder for study.txt, study.json and the figures")
     parser.add_argument("--sweeps", default=None, help="comma-separated sweeps to run (default: all): "
                         + ", ".join(dict.fromkeys(r.sweep for r in study_rows())))
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     rows = study_rows()
     if args.sweeps:
@@ -267,7 +268,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--sweeps: unknown {sorted(unknown)}; choose from {sorted({r.sweep for r in rows})}")
         rows = [r for r in rows if r.sweep in wanted]
     start = time.perf_counter()
-    results = run_study(args.out, rows, seeds=SEEDS)
+    try:
+        results = run_study(args.out, rows, seeds=SEEDS)
+    except (ValueError, OSError) as err:  # an unwritable --out, say: one line (--debug: the traceback)
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     wall = time.perf_counter() - start
     claims = gap_claims(results)
     text = "\n\n".join([format_rows(results), format_claims(claims)])

@@ -151,3 +151,14 @@ def test_command_line_says_what_is_wrong_with_seeds(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--seeds", "0,one"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
+    from fl_lab import ablations
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        ablations.main(["--fast", "--out", str(tmp_path / "file" / "runs")])  # --out under a file
+    lines = [line for line in capsys.readouterr().err.splitlines() if "ablations:" in line and "it/s" not in line]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("python -m fl_lab.ablations: error:")
+    assert "Not a directory" in lines[0]

@@ -120,3 +120,30 @@ def test_malformed_xml_names_the_file(tmp_path, xml, message):
     with pytest.raises(ValueError, match=message) as err:
         VOCDataset(tmp_path)
     assert "Annotations/2008_000003.xml" in str(err.value)
+
+
+def test_voc_and_coco_clip_boxes_outside_the_image_alike(tmp_path):
+    """The same four boxes in both formats: one inside, one reaching out on the right, one wholly
+    outside, one with negative coordinates — clipped, the outside one left out, one warning each."""
+    import json
+
+    from torchvision.io import write_png
+
+    from fl_lab.data.coco import CocoDataset
+
+    voc_boxes = [(3, 4, 12, 8), (26, 6, 35, 10), (32, 2, 40, 6), (-2, -1, 5, 6)]  # 1-based, inclusive
+    make_voc(tmp_path / "voc", {"2008_000001": [obj("dog", b) for b in voc_boxes]})
+    with pytest.warns(UserWarning, match=r"3 box\(es\) reached outside their image \(the first in .*2008_000001.xml\)"):
+        voc = VOCDataset(tmp_path / "voc")
+    (tmp_path / "coco" / "images").mkdir(parents=True)
+    write_png(torch.zeros(3, 20, 30, dtype=torch.uint8), str(tmp_path / "coco" / "images" / "a.png"))
+    boxes = [[2, 3, 10, 5], [25, 5, 10, 5], [31, 1, 9, 5], [-3, -2, 8, 8]]  # x, y, w, h: the same boxes
+    (tmp_path / "coco" / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 20}],
+        "categories": [{"id": 1, "name": "dog"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)]}))
+    with pytest.warns(UserWarning, match=r"3 box\(es\) reached outside their image"):
+        coco = CocoDataset(tmp_path / "coco" / "images", tmp_path / "coco" / "ann.json")
+    expected = [[2.0, 3.0, 12.0, 8.0], [25.0, 5.0, 30.0, 10.0], [0.0, 0.0, 5.0, 6.0]]
+    assert voc[0][1]["boxes"].tolist() == coco[0][1]["boxes"].tolist() == expected
+    assert voc.num_dropped == coco.num_dropped == 3

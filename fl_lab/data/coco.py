@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..boxes import clip_to_image
 from .transforms import read_image
 
 __all__ = ["CocoAnnotations", "CocoDataset", "load_coco_annotations"]
@@ -52,9 +53,10 @@ def load_coco_annotations(path: Union[str, Path]) -> CocoAnnotations:
 def _read_coco(path: Path, drop_degenerate: bool) -> tuple[dict, CocoAnnotations, int]:
     """Validate and convert a COCO file -> (its parsed dict, the annotations, boxes dropped).
 
-    ``drop_degenerate`` leaves out of the boxes those under 1 px wide or high and those
-    entirely outside their image. The dict gets ``iscrowd`` (0) and ``area`` (w h) where an
-    annotation lacks them, as COCOeval needs both.
+    ``drop_degenerate`` clips the boxes to their image and leaves out those then under 1 px wide
+    or high (:func:`fl_lab.boxes.clip_to_image`, as VOC loading does); the count returned is of
+    boxes dropped or clipped. The dict gets ``iscrowd`` (0) and ``area`` (w h) where an annotation
+    lacks them, as COCOeval needs both.
     """
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -99,11 +101,15 @@ def _read_coco(path: Path, drop_degenerate: bool) -> tuple[dict, CocoAnnotations
         ann.setdefault("area", w * h)
         if ann["iscrowd"]:
             continue
-        im = images[image_id]
-        if drop_degenerate and (w < 1 or h < 1 or x + w <= 0 or y + h <= 0 or x >= im["width"] or y >= im["height"]):
-            dropped += 1
-            continue
-        boxes[image_id].append([x, y, x + w, y + h])
+        box = [x, y, x + w, y + h]
+        if drop_degenerate:
+            im = images[image_id]
+            clipped, keep = clip_to_image(torch.tensor([box]), (im["height"], im["width"]))
+            dropped += int(not keep[0]) + int(bool(keep[0]) and clipped[0].tolist() != box)
+            if not keep[0]:
+                continue
+            box = clipped[0].tolist()
+        boxes[image_id].append(box)
         labels[image_id].append(label_of[category])
     annotations = CocoAnnotations(
         images=images,
@@ -123,8 +129,9 @@ class CocoDataset(Dataset):
     """COCO detection: item ``i`` is (image (3, H, W) float32 in [0, 1], target).
 
     ``target``: ``boxes`` (G, 4) float32 x1 y1 x2 y2, ``labels`` (G,) int64, ``image_id``.
-    Training targets leave out crowd boxes and degenerate ones (under 1 px wide or high, or
-    outside the image; counted in ``num_dropped`` with a warning); images without boxes stay.
+    Training targets leave out crowd boxes; boxes reaching outside their image are clipped to it,
+    and those then under 1 px wide or high left out (``num_dropped`` counts both, with one
+    warning per file, as :class:`~fl_lab.data.voc.VOCDataset` does); images without boxes stay.
     :meth:`coco_ground_truth` is the file as read, crowds and all, for COCOeval.
     Also: ``coco`` (pycocotools' COCO of the file), ``image_ids`` (item order, sorted),
     ``category_ids``, ``class_names``, ``num_classes``.
@@ -162,7 +169,8 @@ class CocoDataset(Dataset):
             if missing:
                 raise FileNotFoundError(f"{len(missing)} image(s) missing, the first: {missing[0]}")
         if self.num_dropped:
-            warnings.warn(f"{self.annotation_file}: dropped {self.num_dropped} degenerate box(es) from the targets")
+            warnings.warn(f"{self.annotation_file}: {self.num_dropped} box(es) reached outside their image or were under "
+                          "1 px: clipped to the image, and left out where nothing of them remained")
 
     def __len__(self) -> int:
         return len(self.image_ids)

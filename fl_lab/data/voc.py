@@ -10,6 +10,7 @@ continuous coordinates: fl_lab's box is ``(xmin - 1, ymin - 1, xmax, ymax)``.
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import VOCDetection
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
+from ..boxes import clip_to_image
 from .transforms import read_image
 
 __all__ = ["VOC_CLASSES", "VOCDataset"]
@@ -60,7 +62,9 @@ class VOCDataset(Dataset):
     ``image_id`` = i (``ids[i]`` is the file name, e.g. "2008_000008"). ``difficult`` objects
     are left out of the targets unless ``keep_difficult``; :meth:`coco_ground_truth` always
     lists them with ``iscrowd: 1`` so COCOeval neither rewards nor penalises detections on
-    them, as the VOC protocol does. Every XML file is read at construction.
+    them, as the VOC protocol does. Every XML file is read at construction; boxes reaching outside
+    their image are clipped to it and left out where nothing of them remains (``num_dropped``
+    counts both, with one warning, as :class:`~fl_lab.data.coco.CocoDataset` does).
     """
 
     class_names = list(VOC_CLASSES)
@@ -89,7 +93,18 @@ class VOCDataset(Dataset):
             raise FileNotFoundError(f"{len(missing)} file(s) listed in {image_set}.txt not found, first: {missing[0]}")
         self.image_paths = [Path(p) for p in voc.images]
         self.ids = [p.stem for p in self.image_paths]
-        self.records = [_parse_xml(Path(p)) for p in voc.annotations]
+        self.records, self.num_dropped, first = [], 0, None
+        for path in voc.annotations:  # boxes reaching outside the image: clipped, and left out if nothing remains
+            size, boxes, labels, difficult = _parse_xml(Path(path))
+            clipped, keep = clip_to_image(boxes, size)
+            changed = int((~keep).sum()) + int((clipped[keep] != boxes[keep]).any(dim=1).sum())
+            if changed and first is None:
+                first = path
+            self.num_dropped += changed
+            self.records.append((size, clipped[keep], labels[keep], difficult[keep]))
+        if self.num_dropped:
+            warnings.warn(f"{root} ({image_set}): {self.num_dropped} box(es) reached outside their image (the first in "
+                          f"{first}): clipped to the image, and left out where nothing of them remained")
         self.transform, self.keep_difficult = transform, keep_difficult
 
     def __len__(self) -> int:

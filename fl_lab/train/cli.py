@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
                                     f"{v['steps']} steps" for k, v in PRESETS.items()))
     parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.pt "
                         "(its saved configuration is used; only --stop-after may change)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     for f in dataclasses.fields(Config):  # absent options stay out of the namespace (SUPPRESS): "none" is a value
         name = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -43,18 +44,47 @@ def _parse_value(f: dataclasses.Field):
     return (lambda s: None if s.lower() == "none" else kind(s)) if f.type.startswith("Optional") else kind
 
 
+def _resumed(folder: str, given: dict) -> Config:
+    """The configuration a run folder saved, with only ``--stop-after`` changed; ``ValueError`` names
+    the file and the remedy when the folder or its config.json cannot be used."""
+    out = Path(folder)
+    fresh = f"start a fresh run with --out {folder}"
+    if not out.is_dir():
+        raise ValueError(f"--resume {folder}: no such run folder; {fresh}")
+    path = out / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: {folder} is not a run of fl_lab.train; {fresh}")
+    unexpected = set(given) - {"stop_after"}
+    if unexpected:
+        options = ", ".join("--" + k.replace("_", "-") for k in sorted(unexpected))
+        raise ValueError(f"--resume continues with the run's saved configuration: drop {options} (only --stop-after "
+                         f"may change), or {fresh.replace(folder, 'another folder')}")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): restore the file, or {fresh}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds no configuration (a JSON object is expected): restore the file, or {fresh}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"{path} has settings this fl_lab does not know, {unknown} (written by another version?): "
+                         f"restore the file, or {fresh}")
+    if not (out / "last.pt").is_file():
+        raise ValueError(f"{out / 'last.pt'} not found: the run saved no checkpoint yet; {fresh}")
+    return Config(**{**saved, "stop_after": given.get("stop_after"), "out": folder})
+
+
 def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:
-    """(Config, resume?) from command-line arguments: preset, then explicit options."""
+    """(Config, resume?) from command-line arguments: preset, then explicit options, checked.
+
+    A bad value or an unusable ``--resume`` folder raises ``ValueError`` naming the option or file.
+    """
     args = _parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if k not in ("preset", "resume")}
+    given = {k: v for k, v in vars(args).items() if k not in ("preset", "resume", "debug")}
     if args.resume:
-        saved = json.loads((Path(args.resume) / "config.json").read_text())
-        unexpected = set(given) - {"stop_after"}
-        if unexpected:
-            raise SystemExit(f"--resume uses the run's saved configuration; do not pass {sorted(unexpected)}")
-        saved["stop_after"] = given.get("stop_after")
-        return Config(**{**saved, "out": args.resume}), True
-    config = Config(**{**PRESETS.get(args.preset, {}), **given})
+        return _resumed(args.resume, given).check(), True
+    config = Config(**{**PRESETS.get(args.preset, {}), **given}).check()
     if args.preset in ("gpu", "coco") and config.device == "auto" and not torch.cuda.is_available():
         # Say so before the first iteration: the run would otherwise just look frozen.
         print(f"note: the {args.preset} preset is sized for a GPU and this machine has none, so it trains on the CPU: "
@@ -65,12 +95,21 @@ def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    config, resume = config_from_args(argv)
+    """``python -m fl_lab.train``. A user error — a bad value, a missing or damaged file — ends with one
+    ``error:`` line and exit status 2, a diverged run with exit status 1; ``--debug`` shows tracebacks."""
+    parser = _parser()
+    debug = parser.parse_args(argv).debug  # argparse's own errors (unknown option, bad number) exit here
     try:
+        config, resume = config_from_args(argv)
         result = run(config, resume=resume)
     except Diverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as err:
+        if debug:
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     if result["metrics"] is not None:
         print("  ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
     return 0

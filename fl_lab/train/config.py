@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Optional
 
@@ -69,10 +71,62 @@ class Config:
     device: str = _opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
     workers: int = _opt(2, "DataLoader worker processes")
     out: str = _opt("runs/default", "run folder: config, log, checkpoint, metrics")
-    checkpoint_every: int = _opt(500, "write last.pt every N iterations (and always at the end)")
+    checkpoint_every: int = _opt(500, "write last.pt every N iterations, and always at the end (0: only at the end)")
     log_every: int = _opt(10, "append to log.jsonl every N iterations")
     stop_after: Optional[int] = _opt(None, "stop (with a checkpoint) after this many iterations; --resume continues")
     evaluate: bool = _opt(True, "evaluate AP on the validation set at the end")
+
+    def check(self) -> "Config":
+        """Raise ``ValueError`` naming the option (``--steps …``) of the first setting out of range; else self.
+
+        Syntax only for ``device`` (whether CUDA is there is checked when a run starts).
+        """
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {getattr(self, name)!r}")
+
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= low, name, f"an integer >= {low}")
+
+        def number(name: str, ok) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices is not None:
+                need(getattr(self, f.name) in choices, f.name, f"one of {', '.join(map(str, choices))}")
+        for name in ("steps", "batch_size", "train_images", "log_every", "fpn_channels", "ohem_batch", "anchor_scales"):
+            integer(name, 1)
+        for name in ("warmup", "workers", "checkpoint_every", "head_convs", "min_objects", "seed", "max_objects"):
+            integer(name, 0)
+        integer("image_size", 32)
+        integer("val_images", 1 if self.evaluate else 0)
+        need(self.max_objects >= self.min_objects, "max_objects", f"at least --min-objects ({self.min_objects})")
+        if self.dataset == "shapes":
+            integer("num_classes", 1)
+            need(self.num_classes <= 9, "num_classes", "at most 9 (Shapes has 9 shapes)")
+        need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1), "stop_after",
+             "an integer >= 1 or none")
+        need(self.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone",
+             "resnet18, resnet34, resnet50 or resnet101")
+        need(self.head_norm in (None, "gn"), "head_norm", "none or gn")
+        need(number("lr", lambda v: v > 0), "lr", "a positive number")
+        need(number("momentum", lambda v: 0 <= v < 1), "momentum", "in [0, 1)")
+        need(number("weight_decay", lambda v: v >= 0), "weight_decay", "a number >= 0")
+        need(number("cls_weight", lambda v: v > 0), "cls_weight", "a positive number")
+        need(number("gamma", lambda v: v >= 0), "gamma", "a number >= 0")
+        need(number("empty_fraction", lambda v: 0 <= v <= 1), "empty_fraction", "in [0, 1]")
+        need(number("min_object_size", lambda v: v > 0), "min_object_size", "a positive number")
+        need(number("ohem_nms", lambda v: 0 < v <= 1), "ohem_nms", "in (0, 1] (an IoU)")
+        need(self.alpha is None or number("alpha", lambda v: 0 <= v <= 1), "alpha", "none or in [0, 1]")
+        need(self.prior is None or number("prior", lambda v: 0 < v < 1), "prior", "none or in (0, 1)")
+        need(self.ohem_max_pos_fraction is None or number("ohem_max_pos_fraction", lambda v: 0 < v <= 1),
+             "ohem_max_pos_fraction", "none or in (0, 1]")
+        need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             "device", "auto, cpu, cuda or cuda:N")
+        return self
 
     def loss_kwargs(self) -> dict:
         """Arguments of :meth:`RetinaNet.loss` for this configuration: the named loss of

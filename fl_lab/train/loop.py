@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import pickle
 import time
 from functools import partial
 from pathlib import Path
@@ -97,7 +98,15 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     autocast = partial(torch.autocast, device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                        enabled=amp != "none")
-    start = 0
+    start = resume_from["step"] if resume_from is not None else 0
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    out = Path(out) if out is not None and main else None
+    end = steps if stop_after is None else min(steps, stop_after)
+    if end < start:  # the checkpoint would be relabelled with an earlier step and resume wrongly
+        raise ValueError(f"stop_after={stop_after} is before the checkpoint's step {start}: nothing to run")
+    # A DataLoader draws its workers' base seed from the global RNG when iterated: do that first, then
+    # restore the checkpoint's RNG state, so random draws continue exactly as in an uninterrupted run.
+    epoch = iter(batches)
     if resume_from is not None:
         core.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
@@ -106,12 +115,6 @@ def train(
         torch.set_rng_state(resume_from["rng"]["torch"])
         if torch.cuda.is_available() and resume_from["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(resume_from["rng"]["cuda"])
-        start = resume_from["step"]
-    main = not dist.is_initialized() or dist.get_rank() == 0
-    out = Path(out) if out is not None and main else None
-    end = steps if stop_after is None else min(steps, stop_after)
-    if end < start:  # the checkpoint would be relabelled with an earlier step and resume wrongly
-        raise ValueError(f"stop_after={stop_after} is before the checkpoint's step {start}: nothing to run")
     log = _open_log(out, start) if out else None
 
     def checkpoint(step: int) -> None:
@@ -128,7 +131,7 @@ def train(
                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                           "extra": extra_state or {}}, out / "last.pt")
 
-    stream = itertools.chain.from_iterable(itertools.repeat(batches))
+    stream = itertools.chain(epoch, itertools.chain.from_iterable(itertools.repeat(batches)))
     history: list[dict] = []
     # Redraw at most every 2 s: in a notebook each redraw is a widget message, and a flood of them
     # overflows the kernel's output queue (its high-water mark) so that later messages are lost.
@@ -190,11 +193,31 @@ def _save_atomic(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
-    """A checkpoint written by :func:`train` (tensors and plain values only: ``weights_only=True``)."""
+    """A checkpoint written by :func:`train` (tensors and plain values only: ``weights_only=True``).
+
+    Raises ``FileNotFoundError`` when it is missing and ``ValueError`` when it is empty, cut
+    short, not a checkpoint, or holds Python objects other than tensors and plain values —
+    each naming the file and what to do. Such a file is never loaded another way.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(f"checkpoint not found: {path} (the run saved none yet: start it again)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (the run was stopped while writing it?): restore it from a copy, or start "
+                         "the run again")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused something: code could run on loading it
+        raise ValueError(f"{path} holds Python objects besides tensors and plain values; fl_lab loads only "
+                         "checkpoints it wrote and refuses this one: restore your copy of the file, or start the run "
+                         "again") from None
+    except (RuntimeError, EOFError, OSError) as err:  # a truncated zip, a foreign file
+        raise ValueError(f"{path} is damaged or not a checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:120]}): restore it from a copy, or start the run again") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+        raise ValueError(f"{path} is not a checkpoint of fl_lab.train (no model, optimizer and step): restore it "
+                         "from a copy, or start the run again")
+    return state
 
 
 def _open_log(out: Path, start: int):

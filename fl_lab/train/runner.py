@@ -85,8 +85,10 @@ def run(config: Config, resume: bool = False, progress: bool = True,
     :mod:`fl_lab.compare` passes torchvision's detectors, which then get the same data,
     schedule and evaluation). Returns {"model": the trained model, "history": rows of this
     call, "metrics": AP dict or None, "out": run folder}.
-    Under ``torchrun`` each process runs this; rank 0 writes the files.
+    Under ``torchrun`` each process runs this; rank 0 writes the files. A setting out of range, or
+    a CUDA device that is not there, raises ``ValueError`` naming the option before anything runs.
     """
+    config.check()
     rank, world, device = _setup_distributed(config.device)
     out = Path(config.out)
     state = load_checkpoint(out / "last.pt") if resume else None
@@ -120,6 +122,13 @@ def run(config: Config, resume: bool = False, progress: bool = True,
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when started by torchrun."""
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: no CUDA device here; use --device cpu (or auto)")
+        if ":" in device and int(device.split(":")[1]) >= count:
+            raise ValueError(f"--device {device}: there is no such CUDA device here ({count} found: cuda:0 … "
+                             f"cuda:{count - 1})")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1 and not dist.is_initialized():
