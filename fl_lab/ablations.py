@@ -137,14 +137,14 @@ def table1_base(gpu: bool, fast: bool = False) -> Config:
     otherwise (full size on a CPU): the ``cpu-fast`` preset, the lesson regime (Shapes at 128 px,
     one object per image, 500 iterations: about 3.5 minutes a run on two CPU cores); its
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
-    fast (CI, any device): that preset cut to 150 iterations -- a minute a run, enough to
-    run the code and show the prior's effect, too short for AP to separate the losses.
+    fast (CI, any device): that preset cut to 60 iterations -- half a minute a run, enough to
+    run the code and show the prior's effect, far too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for the
     16 runs to take about 20 minutes on one H100 (an estimate: not yet timed on one).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
-        return Config(**{**PRESETS["cpu-fast"], "steps": 150, "warmup": 30, "train_images": 1200, "val_images": 48,
+        return Config(**{**PRESETS["cpu-fast"], "steps": 60, "warmup": 10, "train_images": 480, "val_images": 32,
                          **every, "log_every": 1})
     if gpu:
         return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
@@ -264,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fl_lab.ablations", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", action="store_true", default=fast_mode(),
-                        help="the 4-run, 150-iteration grid of fast mode (default: on when FL_LAB_FAST is set)")
+                        help="the 4-run, 60-iteration grid of fast mode (default: on when FL_LAB_FAST is set)")
     parser.add_argument("--device", default="auto", help="auto (the GPU base when CUDA is present), cpu or cuda")
     parser.add_argument("--out", default="runs/table1", help="folder of the runs (finished runs are read back)")
     parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")

@@ -143,9 +143,10 @@ class RetinaNet(nn.Module):
             setting with which the paper's CE training diverges.
         p6_from: "c5" (the paper) or "p5" (torchvision v1).
         head_norm: None, or "gn" for GroupNorm(32) in the subnets (torchvision v2, detectron2 option).
-        backbone_weights: ImageNet weights for the ResNet: a path to a state dict file, or a
-            ``torchvision.models.ResNet*_Weights`` value whose file is already in the torch
-            hub cache (nothing is downloaded). None trains from scratch. With weights, BatchNorm
+        backbone_weights: ImageNet weights for the ResNet: ``"imagenet"`` (torchvision's, fetched
+            into the torch hub cache on first use: :func:`fl_lab.weights.imagenet_weights`), a
+            path to a state dict file, or a ``torchvision.models.ResNet*_Weights`` value whose
+            file is already in the torch hub cache. None trains from scratch. With weights, BatchNorm
             is frozen and the stem and first stage stay fixed (as in the paper's detectron);
             from scratch, BatchNorm trains.
         anchor_generator: defaults to the paper's anchors, :class:`AnchorGenerator()`.
@@ -193,7 +194,7 @@ class RetinaNet(nn.Module):
         frozen = backbone_weights is not None if frozen_bn is None else frozen_bn
         resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
         if backbone_weights is not None:
-            load_backbone_weights(resnet, backbone_weights)
+            load_backbone_weights(resnet, backbone_weights, backbone)
             for module in (resnet.conv1, resnet.layer1):  # stem and res2 stay fixed (detectron's FREEZE_AT = 2)
                 module.requires_grad_(False)
         c3, c4, c5 = _BACKBONES[backbone]

@@ -1,7 +1,9 @@
 """Weights from elsewhere: ImageNet backbones and torchvision's trained RetinaNet.
 
-* :func:`load_backbone_weights` loads ImageNet weights into a torchvision ResNet from a file or
-  from the torch hub cache (the paper fine-tunes from ImageNet, §4.1);
+* :func:`imagenet_weights` fetches torchvision's ImageNet weights of a ResNet into the torch hub
+  cache, only when asked, through the kit's resumable, verified downloader;
+* :func:`load_backbone_weights` loads ImageNet weights into a torchvision ResNet from a file, from
+  the torch hub cache, or ``"imagenet"`` (fetched first) — the paper fine-tunes from ImageNet (§4.1);
 * :func:`from_torchvision_keys` renames a torchvision ``retinanet_resnet50_fpn`` state dict to
   fl_lab's module names (:meth:`fl_lab.model.RetinaNet.from_torchvision` uses it).
 """
@@ -11,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["from_torchvision_keys", "load_backbone_weights"]
+__all__ = ["from_torchvision_keys", "imagenet_weights", "load_backbone_weights"]
 
 
 def from_torchvision_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -50,8 +52,48 @@ _TORCHVISION_KEYS = (
 )
 
 
-def load_backbone_weights(resnet: nn.Module, weights: Union[str, os.PathLike, torchvision.models.WeightsEnum]) -> None:
-    """Load ImageNet weights into ``resnet`` from a file or from the torch hub cache; never download."""
+_IMAGENET = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+             "resnet101": "ResNet101_Weights"}
+
+
+def _imagenet_url(backbone: str) -> str:
+    """torchvision's URL of the ImageNet weights of ``backbone`` (its file name ends in a SHA-256 prefix)."""
+    if backbone not in _IMAGENET:
+        raise ValueError(f"no ImageNet weights for backbone {backbone!r}; choose one of {sorted(_IMAGENET)}")
+    return getattr(torchvision.models, _IMAGENET[backbone]).IMAGENET1K_V1.url
+
+
+def imagenet_weights(backbone: str, url: Optional[str] = None, progress: bool = True) -> Path:
+    """torchvision's ImageNet weights file of ``backbone`` ("resnet18" … "resnet101"), in the torch hub cache.
+
+    Downloaded only if it is not there yet (resumable, and checked against the SHA-256 prefix in
+    its file name, as torch hub does; a corrupt file is deleted), so torchvision finds it too.
+    ``url`` replaces torchvision's (tests serve a file locally). Offline, ``ConnectionError``
+    names the URL and where to put the file by hand.
+    """
+    from .data.archives import Resource, fetch
+
+    url = url or _imagenet_url(backbone)
+    filename = os.path.basename(url)
+    prefix = re.search(r"-([a-f0-9]+)\.", filename)
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    resource = Resource(url, filename, sha256_prefix=prefix.group(1) if prefix else None)
+    try:
+        return fetch(resource, cache, progress=progress)
+    except ConnectionError as err:
+        raise ConnectionError(f"{err}. Without a network: fetch {url} elsewhere and put it at {cache / filename}, "
+                              "or pass the file's path as backbone weights") from None
+
+
+def load_backbone_weights(resnet: nn.Module, weights: Union[str, os.PathLike, torchvision.models.WeightsEnum],
+                          backbone: Optional[str] = None) -> None:
+    """Load ImageNet weights into ``resnet``: a file, a torchvision weights enum already in the torch hub
+    cache, or ``"imagenet"`` — torchvision's weights of ``backbone``, fetched by :func:`imagenet_weights`
+    if they are not cached. Always loaded with ``weights_only=True``."""
+    if isinstance(weights, str) and weights == "imagenet":
+        if backbone is None:
+            raise ValueError('backbone_weights="imagenet" needs the backbone\'s name (resnet18 … resnet101)')
+        weights = imagenet_weights(backbone)
     if isinstance(weights, torchvision.models.WeightsEnum):
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
         if not path.is_file():

@@ -17,8 +17,9 @@ Parts, with their rough sizes (``parts=None`` takes them all):
 Safety rules: bytes go to ``<file>.part`` and are renamed to ``<file>`` only once verified, so a
 whole-looking file is always whole. An interrupted transfer keeps the ``.part`` and the next call
 resumes it with an HTTP Range request (a server that ignores Range makes it start over cleanly).
-A complete file that fails its check (MD5 where the publisher gives one, as for VOC; otherwise the
-server's size and, for zips, every member's CRC) is deleted, since resuming it cannot help.
+A complete file that fails its check (MD5 where the publisher gives one, as for VOC; the SHA-256
+prefix in a torch hub file name, as for ImageNet weights; otherwise the server's size and, for zips,
+every member's CRC) is deleted, since resuming it cannot help.
 Extraction goes to a temporary folder inside the destination, is moved into place, and only then
 is a marker ``.<archive>.extracted`` written there: a re-run skips both download and extraction,
 and the archive may be deleted afterwards to save space.
@@ -58,6 +59,7 @@ class Resource:
     filename: str
     md5: Optional[str] = None
     size: Optional[int] = None  # bytes; None means "trust the server's Content-Length"
+    sha256_prefix: Optional[str] = None  # the first hex digits of the SHA-256 (torch hub's file names carry them)
 
 
 _COCO = "http://images.cocodataset.org"
@@ -132,8 +134,10 @@ def fetch(resource: Resource, root: Union[str, Path], progress: bool = True) -> 
         raise _interrupted(resource.url, part, f"stopped at {have} of {expected} bytes")
     if expected is not None and have > expected:
         _reject(part, f"{resource.filename} has {have} bytes, expected {expected}")
-    if resource.md5 is not None and (actual := _md5(part)) != resource.md5:
+    if resource.md5 is not None and (actual := _digest(part, "md5")) != resource.md5:
         _reject(part, f"{resource.filename}: MD5 {actual} does not match the published {resource.md5}")
+    if resource.sha256_prefix is not None and not (actual := _digest(part, "sha256")).startswith(resource.sha256_prefix):
+        _reject(part, f"{resource.filename}: SHA-256 {actual[:16]}… does not start with {resource.sha256_prefix}")
     if resource.filename.endswith(".zip"):
         try:
             with zipfile.ZipFile(part) as zf:
@@ -186,8 +190,8 @@ def _interrupted(url: str, part: Path, what: str) -> ConnectionError:
     return ConnectionError(f"download of {url} {what}{kept}")
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)

@@ -40,7 +40,8 @@ class Config:
     fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
     head_convs: int = _opt(4, "3x3 convs in each subnet before its output (paper: 4)")
     head_norm: Optional[str] = _opt(None, "None or gn (GroupNorm in the heads)")
-    backbone_weights: Optional[str] = _opt(None, "ImageNet weights file for the ResNet (none: from scratch)")
+    backbone_weights: Optional[str] = _opt(None, "ImageNet weights for the ResNet: imagenet (torchvision's, downloaded "
+                                           "once into the torch hub cache) or a file (none: from scratch)")
     prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
     anchor_scales: int = _opt(3, "anchor scales per level, 2^(k/n) for k < n (paper: 3; Table 1c tries 1-4)")
     anchor_ratios: int = _opt(3, "anchor aspect ratios: 1 (1:1) or 3 (1:2, 1:1, 2:1; the paper's)", choices=(1, 3))
@@ -159,8 +160,10 @@ PRESETS: dict[str, dict] = {
                 fpn_channels=256,
                 head_convs=4, batch_size=16, steps=3000, lr=0.01, warmup=300, amp="bf16", workers=12,
                 checkpoint_every=500, log_every=20, out="runs/gpu"),
-    # The paper's recipe on COCO 2017 (train2017 / val2017): 90k iterations at batch 16.
+    # The paper's recipe on COCO 2017 (train2017 / val2017): 90k iterations at batch 16, fine-tuning
+    # an ImageNet-pretrained ResNet-50 (fetched once into the torch hub cache).
     "coco": dict(dataset="coco", data_root="data/coco", image_size=800, max_size=1333, backbone="resnet50",
+                 backbone_weights="imagenet",
                  fpn_channels=256, head_convs=4, batch_size=16, steps=90_000, lr=0.01, warmup=500, amp="bf16",
                  workers=8, checkpoint_every=5000, log_every=20, out="runs/coco"),
 }
