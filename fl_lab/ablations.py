@@ -97,7 +97,7 @@ def _ohem(batch: int, nms: float, ratio: bool = False, paper=None, note: str = "
 
 
 def _anchors(scales: int, ratios: int, paper: float) -> Ablation:
-    return Ablation(f"anchors {scales}×{ratios}, FL γ=2", ANCHORS,
+    return Ablation(f"anchors {scales}×{ratios} (FL γ=2)", ANCHORS,
                     dict(loss_fn="focal", gamma=2.0, alpha=0.25, anchor_scales=scales, anchor_ratios=ratios), (paper,),
                     "3×3 is the FL γ=2 row" if scales == 1 else "")
 
@@ -269,8 +269,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="runs/table1", help="folder of the runs (finished runs are read back)")
     parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
+    parser.add_argument("--rows", default=None, help="comma-separated row names to run (default: the whole grid), "
+                        "e.g. \"FL γ=2 α=0.25,α-CE α=0.75\"")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
+    grid = table1_grid(fast=args.fast)
+    if args.rows:
+        wanted = [name.strip() for name in args.rows.split(",")]
+        unknown = sorted(set(wanted) - {a.name for a in grid})
+        if unknown:
+            parser.error(f"--rows: unknown {unknown}; choose from {[a.name for a in grid]}")
+        grid = [a for a in grid if a.name in wanted]
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else SEEDS)
     except ValueError:
@@ -282,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast), device=args.device)
     start = time.perf_counter()
     try:
-        results = run_ablations(table1_grid(fast=args.fast), base, args.out, seeds)
+        results = run_ablations(grid, base, args.out, seeds)
     except (ValueError, OSError) as err:  # a bad --device, an unwritable --out: one line (--debug: the traceback)
         if args.debug:
             raise

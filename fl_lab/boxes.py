@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image", "random_boxes"]
+__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image", "random_boxes", "top_k_per_group"]
 
 
 class BoxCoder:
@@ -181,3 +181,17 @@ def random_boxes(
     x1 = u[:, 2] * (width - w)
     y1 = u[:, 3] * (height - h)
     return torch.stack((x1, y1, x1 + w, y1 + h), dim=1).float()
+
+
+def top_k_per_group(group: Tensor, score: Tensor, k: int, num_groups: int) -> Tensor:
+    """Indices of the ``k`` highest scores of each group, ordered by group, then by decreasing score.
+
+    ``group``: (N,) int64 in 0..num_groups-1; ``score``: (N,). Ties keep their input order.
+    Vectorised (no loop over groups): RetinaNet's inference keeps the top k per image and level,
+    then the best detections per image, with it.
+    """
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    counts = torch.bincount(group, minlength=num_groups)
+    rank = torch.arange(len(order), device=score.device) - (torch.cumsum(counts, 0) - counts)[group[order]]
+    return order[rank < k]

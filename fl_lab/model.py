@@ -34,7 +34,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
 from .anchors import AnchorGenerator
-from .boxes import BoxCoder
+from .boxes import BoxCoder, top_k_per_group
 from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
 from .matcher import AssignedTargets, Matcher, assign_targets, pad_targets
 from .ohem import ohem_loss
@@ -416,14 +416,6 @@ class RetinaNet(nn.Module):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         device = cls_logits.device
 
-        def best_per_group(group: Tensor, score: Tensor, k: int, num_groups: int) -> Tensor:
-            """Indices of the ``k`` highest scores of each group, ordered by group, then decreasing score."""
-            order = torch.argsort(score, descending=True, stable=True)
-            order = order[torch.argsort(group[order], stable=True)]
-            counts = torch.bincount(group, minlength=num_groups)
-            rank = torch.arange(len(order), device=device) - (torch.cumsum(counts, 0) - counts)[group[order]]
-            return order[rank < k]
-
         # Candidates. Of the B·A·K scores, only those of a few anchors are computed: in each
         # image and level, the topk anchors by best score (the best pairs of these beat every
         # pair of the other anchors, which therefore cannot make the topk), if that best score
@@ -441,7 +433,7 @@ class RetinaNet(nn.Module):
 
         # The topk best of each image and level (the same set as topk first, then the threshold).
         level = torch.searchsorted(torch.tensor(ends, device=device), anc, right=True)
-        keep = best_per_group(img * len(ends) + level, scores, topk, batch * len(ends))
+        keep = top_k_per_group(img * len(ends) + level, scores, topk, batch * len(ends))
         img, anc, scores, labels = img[keep], anc[keep], scores[keep], labels[keep]
         boxes = self.box_coder.decode(box_deltas[img, anc], anchors[anc])  # (C, 4)
         limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=device)
@@ -464,7 +456,7 @@ class RetinaNet(nn.Module):
         keep = torch.cat(kept) if kept else order
 
         # The max_detections best of each image, in order of decreasing score.
-        keep = keep[best_per_group(img[keep], scores[keep], max_detections, batch)]
+        keep = keep[top_k_per_group(img[keep], scores[keep], max_detections, batch)]
         per_image = torch.bincount(img[keep], minlength=batch).tolist()
         split = [t[keep].split(per_image) for t in (boxes, scores, labels)]
         return [{"boxes": b, "scores": s, "labels": l} for b, s, l in zip(*split)]

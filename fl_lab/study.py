@@ -78,7 +78,6 @@ def study_rows() -> list[Row]:
         Row(SCALE, "FL's cls loss ×4", {}, (FL, FL_X4.name, BEST_CE)),
         Row(IMBALANCE, "1-10 objects per image", dict(max_objects=10)),
         Row(IMBALANCE, "1 object per image", {}),
-        Row(IMBALANCE, "2 of 3 images empty", dict(empty_fraction=2 / 3)),
         Row(IMBALANCE, "5 of 6 images empty", dict(empty_fraction=5 / 6)),
     ]
 

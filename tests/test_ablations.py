@@ -17,6 +17,7 @@ def test_grid_follows_the_paper():
     grid = table1_grid()
     names = [a.name for a in grid]
     assert len(grid) == len(set(names)) == 18
+    assert not any("," in name for name in names)  # --rows takes a comma-separated list of them
     paper = {a.name: a.paper for a in grid}
     # Table 1a/1b as in ../shared/PAPER.md
     assert paper["α-CE α=0.75"] == (31.1, 49.4, 33.0) and paper["α-CE α=0.25"] == (10.8,)
@@ -124,9 +125,11 @@ def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys
     from fl_lab import ablations
 
     monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False: tiny(tmp_path / "base", steps=2))
-    monkeypatch.setattr(ablations, "table1_grid", lambda fast=False: [ablations.FL_GAMMA_2, ablations.NO_PRIOR])
+    monkeypatch.setattr(ablations, "table1_grid",
+                        lambda fast=False: [ablations.FL_GAMMA_2, ablations.BEST_ALPHA_CE, ablations.NO_PRIOR])
     assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
-                           "--seeds", "0,1"]) == 0
+                           "--seeds", "0,1", "--rows", f"FL γ=2 α=0.25, {NO_PRIOR_NAME}"]) == 0
+    assert not (tmp_path / "runs" / "α-CE_α=0.75").exists()  # --rows: only the rows asked for are trained
     printed = capsys.readouterr().out
     assert "FL γ=2 α=0.25" in printed and "not tested" in printed and "2 seeds" in printed  # no α-CE in this grid
     saved = json.loads((tmp_path / "res" / "table1.json").read_text())
@@ -151,6 +154,9 @@ def test_command_line_says_what_is_wrong_with_seeds(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--seeds", "0,one"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        ablations.main(["--rows", "FL γ=3"])
+    assert exit_info.value.code == 2 and "--rows: unknown ['FL γ=3']" in capsys.readouterr().err
 
 
 def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):

@@ -109,3 +109,18 @@ def test_random_boxes_lie_in_the_image():
 def test_bad_weights(weights):
     with pytest.raises(ValueError, match="weights"):
         BoxCoder(weights)
+
+
+def test_top_k_per_group_matches_a_loop_over_groups():
+    from fl_lab.boxes import top_k_per_group
+
+    g = torch.Generator().manual_seed(0)
+    group = torch.randint(0, 6, (200,), generator=g)
+    score = torch.randint(0, 20, (200,), generator=g).float()  # many ties: input order breaks them
+    for k in (1, 3, 50):
+        expected = []
+        for gid in range(7):  # group 6 is empty
+            members = [i for i in range(200) if group[i] == gid]
+            expected += sorted(members, key=lambda i: (-score[i].item(), i))[:k]
+        assert top_k_per_group(group, score, k, 7).tolist() == expected
+    assert top_k_per_group(group[:0], score[:0], 5, 7).numel() == 0
