@@ -93,23 +93,26 @@ def result(ablation: Ablation, aps=None, diverged_at=None) -> AblationResult:
 
 def test_orderings_are_judged_against_the_seeds_noise():
     grid = {a.name: a for a in table1_grid()}
-    fl, ce75, ce50, ohem, no_prior = (grid[n] for n in ("FL γ=2 α=0.25", "α-CE α=0.75", "α-CE α=0.5",
-                                                       "OHEM B=128 nms=0.5", "CE without prior init"))
+    fl, ce75, ce50, ohem, no_prior, one_anchor = (
+        grid[n] for n in ("FL γ=2 α=0.25", "α-CE α=0.75", "α-CE α=0.5", "OHEM B=128 nms=0.5", "CE without prior init",
+                          "anchors 1×1 (FL γ=2)"))
     good = check_orderings([result(fl, [0.30, 0.31, 0.29]), result(ce75, [0.25, 0.26, 0.24]),
                             result(ce50, [0.2, 0.21, 0.19]), result(ohem, [0.28, 0.27, 0.26]),
-                            result(no_prior, diverged_at=12)])
-    assert [c.verdict for c in good] == [HOLDS, HOLDS, HOLDS]
+                            result(no_prior, diverged_at=12), result(one_anchor, [0.27, 0.26, 0.28])])
+    assert [c.verdict for c in good] == [HOLDS, HOLDS, HOLDS, HOLDS]
+    assert "anchors 1×1 (FL γ=2) 27.0 ± 1.0" in good[3].detail
     assert "diverged in every seed, at iteration 12, 12, 12" in good[2].detail and "30.0 ± 1.0" in good[0].detail
     bad = check_orderings([result(fl, [0.10, 0.11, 0.09]), result(ce75, [0.25, 0.26, 0.24]),
                            result(ohem, [0.10, 0.30, 0.05]), result(no_prior, [0.3, 0.3, 0.31]),
-                           result(ce50, [0.2, 0.21, 0.19])])
-    # FL clearly below α-CE; against a noisy OHEM the same mean is no evidence; no-prior beats α-CE .5 here
-    assert [c.verdict for c in bad] == [FAILS, WITHIN_NOISE, FAILS]
+                           result(ce50, [0.2, 0.21, 0.19]), result(one_anchor, [0.2, 0.21, 0.22])])
+    # FL clearly below α-CE; against a noisy OHEM the same mean is no evidence; no-prior beats α-CE .5 here;
+    # one anchor per location beats nine
+    assert [c.verdict for c in bad] == [FAILS, WITHIN_NOISE, FAILS, FAILS]
     assert "does NOT hold" in format_claims(bad) and "within noise" in format_claims(bad)
     one_seed = check_orderings([result(fl, [0.3]), result(ce75, [0.1])])
     assert one_seed[0].verdict == NOT_TESTED and "one seed" in one_seed[0].detail
     partial = check_orderings([result(fl, [0.3])])
-    assert [c.verdict for c in partial] == [NOT_TESTED] * 3 and "not tested" in format_claims(partial)
+    assert [c.verdict for c in partial] == [NOT_TESTED] * 4 and "not tested" in format_claims(partial)
 
 
 def test_bases_share_everything_but_size():
