@@ -139,8 +139,8 @@ def table1_base(gpu: bool, fast: bool = False) -> Config:
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
     fast (CI, any device): that preset cut to 60 iterations -- half a minute a run, enough to
     run the code and show the prior's effect, far too short for AP to separate the losses.
-    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for the
-    18 rows (one seed each) to take about 20 minutes on one H100 (an estimate: not yet timed on one).
+    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
+    one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
