@@ -8,6 +8,8 @@ study measures, one factor at a time and over seeds, what decides the FL − α-
 * **imbalance** — negatives per positive anchor, from 1-10 objects per 128 px image (~16 : 1)
   to one object in one image of six (~550 : 1), at the same budget;
 * **schedule** — 250, 500 and 1000 iterations;
+* **sparse schedule** — 500 and 2000 iterations at ~550 : 1 (five images of six empty): does a
+  longer run turn FL's edge there into a working detector?
 * **learning rate** — one shared grid, each loss at its own best;
 * **loss scale** — FL's classification loss ×4, the size of α-CE's: the loss's *size* apart
   from its *shape*.
@@ -53,6 +55,7 @@ FL, BEST_CE = FL_GAMMA_2.name, BEST_ALPHA_CE.name
 HEADLINE = (FL, BEST_CE)
 
 IMBALANCE, SCHEDULE, LR, SCALE, REFERENCE = "imbalance", "schedule", "learning rate", "loss scale", "reference"
+SPARSE = "sparse schedule"  # the schedule at the paper's order of imbalance (5 of 6 images empty)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ def study_rows() -> list[Row]:
         Row(IMBALANCE, "1-10 objects per image", dict(max_objects=10)),
         Row(IMBALANCE, "1 object per image", {}),
         Row(IMBALANCE, "5 of 6 images empty", dict(empty_fraction=5 / 6)),
+        Row(SPARSE, "500 iterations", dict(empty_fraction=5 / 6)),
+        Row(SPARSE, "2000 iterations", dict(empty_fraction=5 / 6, steps=2000, warmup=200)),
     ]
 
 
@@ -130,11 +135,11 @@ def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequ
 def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "AP50")) -> str:
     """A table: one line per (row, arm), each metric as mean ± std over seeds (×100)."""
     width = max([len(a) for r in results for a in r.row.arms] + [3]) + 2
-    header = f"{'sweep':<15}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+    header = f"{'sweep':<17}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
     lines = [header, "-" * len(header)]
     for r in results:
         for i, arm in enumerate(r.row.arms):
-            head = f"{r.row.sweep:<15}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * 49
+            head = f"{r.row.sweep:<17}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * 51
             lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics))
     return "\n".join(lines)
 
@@ -174,7 +179,8 @@ def gap_points(results: Sequence[RowResult], sweep: str) -> list[tuple[float, tu
     """(factor, FL's AP per seed, α-CE α = .75's AP per seed) for each row of ``sweep`` — what
     :func:`fl_lab.plots.gap_figure` draws. The factor: negatives per positive (imbalance),
     iterations (schedule) or the learning rate."""
-    factor = {IMBALANCE: lambda r: r.imbalance, SCHEDULE: lambda r: r.runs[FL][0].config["steps"],
+    steps = lambda r: r.runs[FL][0].config["steps"]  # noqa: E731
+    factor = {IMBALANCE: lambda r: r.imbalance, SCHEDULE: steps, SPARSE: steps,
               LR: lambda r: r.runs[FL][0].config["lr"]}[sweep]
     return [(factor(r), r.stats(FL).values, r.stats(BEST_CE).values) for r in results if r.row.sweep == sweep]
 
@@ -235,6 +241,7 @@ def to_json(results: Sequence[RowResult]) -> list[dict]:
 
 _AXES = {IMBALANCE: ("negative anchors per positive anchor (log scale)", "against the imbalance"),
          SCHEDULE: ("training iterations (log scale)", "against the schedule's length, 1 object per image"),
+         SPARSE: ("training iterations (log scale)", "against the schedule's length, 5 of 6 images empty"),
          LR: ("learning rate (log scale)", "against the learning rate, 1 object per image")}
 
 
@@ -283,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_results(folder, "study", command, text, {
             "wall_s_this_call": wall, "seeds": list(SEEDS), "base": STUDY_BASE, "rows": to_json(results),
             "claims": [dataclasses.asdict(c) for c in claims]})
-        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (LR, "lr")):
+        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr")):
             if any(r.row.sweep == sweep for r in results):
                 gap_figure(results, sweep).savefig(folder / f"gap_vs_{name}.png", dpi=100)
         reference = next((r for r in results if r.row.sweep == REFERENCE), None)

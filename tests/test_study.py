@@ -22,9 +22,11 @@ def test_the_base_is_the_lesson_regime_and_table1s_cpu_grid():
 def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     rows = study.study_rows()
     sweeps = {r.sweep for r in rows}
-    assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.LR, study.SCALE}
+    assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.SPARSE, study.LR, study.SCALE}
     for r in rows:
-        assert len(r.overrides) <= 2 and study.FL in r.arms and study.BEST_CE in r.arms
+        # one factor (a schedule's length comes with its warm-up); the sparse schedule on the sparsest data
+        factor = {k: v for k, v in r.overrides.items() if not (r.sweep == study.SPARSE and k == "empty_fraction")}
+        assert len(factor) <= 2 and study.FL in r.arms and study.BEST_CE in r.arms
         for arm in r.arms:
             study.config_of(r, arm, tmp_path)  # every override is a Config field
     reference = next(r for r in rows if r.sweep == study.REFERENCE)
@@ -39,6 +41,11 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
         assert row_config == dataclasses.replace(table1_base(gpu=False), **grid[name].overrides, out=row_config.out)
     imbalance = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.IMBALANCE]
     assert [c.empty_fraction for c in imbalance] == sorted(c.empty_fraction for c in imbalance)
+    sparse = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.SPARSE]
+    assert {c.empty_fraction for c in sparse} == {imbalance[-1].empty_fraction} and len(sparse) >= 2
+    assert [c.steps for c in sparse] == sorted({c.steps for c in sparse})
+    sparsest_row = next(r for r in rows if r.sweep == study.IMBALANCE and r.overrides == {"empty_fraction": 5 / 6})
+    assert sparse[0].out == study.config_of(sparsest_row, study.FL, tmp_path).out  # its 500 iterations: the same runs
 
 
 def fake(row, aps_by_arm, imbalance=90.0):
@@ -61,7 +68,7 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
     assert claims[3].verdict == FAILS and claims[4].verdict == HOLDS
     assert "FL (lr 0.05) beats α-CE (lr 0.01)" in claims[5].text and claims[5].verdict == HOLDS
     table = study.format_rows(results)
-    assert "reference      ref" in table and "31.0 ± 1.0" in table and "90:1" in table
+    assert "reference        ref" in table and "31.0 ± 1.0" in table and "90:1" in table
 
 
 def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypatch, capsys):
