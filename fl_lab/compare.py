@@ -228,7 +228,7 @@ def compare_base(gpu: bool, fast: bool) -> Config:
     Fast mode: 10 iterations of 8 Shapes images at 128 px, ResNet-18, 16 validation images —
     enough to run every design end to end in about a minute on two CPU cores (Faster R-CNN's
     512 RoIs per image make it many times slower per step than RetinaNet there), not to rank
-    them; 20 iterations and 32 images made lesson 07 take 144 s from a clean clone.
+    them; 20 iterations and 32 images made lesson 07 take 144 s from a clean start.
     GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16 (about 20 minutes for all runs
     on one H100, an estimate from the gpu preset's speed). CPU full mode: the cpu-fast preset.
     """

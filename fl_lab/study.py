@@ -56,6 +56,7 @@ HEADLINE = (FL, BEST_CE)
 
 IMBALANCE, SCHEDULE, LR, SCALE, REFERENCE = "imbalance", "schedule", "learning rate", "loss scale", "reference"
 SPARSE = "sparse schedule"  # the schedule at the paper's order of imbalance (5 of 6 images empty)
+SPARSEST = dict(empty_fraction=5 / 6)  # the imbalance sweep's sparsest data: ~540 negatives per positive
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ def study_rows() -> list[Row]:
         Row(SCALE, "FL's cls loss ×4", {}, (FL, FL_X4.name, BEST_CE)),
         Row(IMBALANCE, "1-10 objects per image", dict(max_objects=10)),
         Row(IMBALANCE, "1 object per image", {}),
-        Row(IMBALANCE, "5 of 6 images empty", dict(empty_fraction=5 / 6)),
-        Row(SPARSE, "500 iterations", dict(empty_fraction=5 / 6)),
-        Row(SPARSE, "2000 iterations", dict(empty_fraction=5 / 6, steps=2000, warmup=200)),
+        Row(IMBALANCE, "5 of 6 images empty", SPARSEST),
+        Row(SPARSE, "500 iterations", SPARSEST),
+        Row(SPARSE, "2000 iterations", dict(SPARSEST, steps=2000, warmup=200)),
     ]
 
 
@@ -132,15 +133,18 @@ def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequ
     return results
 
 
-def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "AP50")) -> str:
-    """A table: one line per (row, arm), each metric as mean ± std over seeds (×100)."""
+def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "AP50"), per_seed: bool = False) -> str:
+    """A table: one line per (row, arm), each metric as mean ± std over seeds (×100); with
+    ``per_seed``, each seed's AP too (in seed order)."""
     width = max([len(a) for r in results for a in r.row.arms] + [3]) + 2
-    header = f"{'sweep':<17}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+    header = (f"{'sweep':<17}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+              + ("   AP of each seed" if per_seed else ""))
     lines = [header, "-" * len(header)]
     for r in results:
         for i, arm in enumerate(r.row.arms):
             head = f"{r.row.sweep:<17}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * 51
-            lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics))
+            seeds = "   " + " / ".join(f"{100 * v:.1f}" for v in r.stats(arm).values) if per_seed else ""
+            lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics) + seeds)
     return "\n".join(lines)
 
 
@@ -178,7 +182,7 @@ def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
 def gap_points(results: Sequence[RowResult], sweep: str) -> list[tuple[float, tuple, tuple]]:
     """(factor, FL's AP per seed, α-CE α = .75's AP per seed) for each row of ``sweep`` — what
     :func:`fl_lab.plots.gap_figure` draws. The factor: negatives per positive (imbalance),
-    iterations (schedule) or the learning rate."""
+    iterations (schedule, sparse schedule) or the learning rate."""
     steps = lambda r: r.runs[FL][0].config["steps"]  # noqa: E731
     factor = {IMBALANCE: lambda r: r.imbalance, SCHEDULE: steps, SPARSE: steps,
               LR: lambda r: r.runs[FL][0].config["lr"]}[sweep]

@@ -44,7 +44,7 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     sparse = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.SPARSE]
     assert {c.empty_fraction for c in sparse} == {imbalance[-1].empty_fraction} and len(sparse) >= 2
     assert [c.steps for c in sparse] == sorted({c.steps for c in sparse})
-    sparsest_row = next(r for r in rows if r.sweep == study.IMBALANCE and r.overrides == {"empty_fraction": 5 / 6})
+    sparsest_row = next(r for r in rows if r.sweep == study.IMBALANCE and r.overrides == study.SPARSEST)
     assert sparse[0].out == study.config_of(sparsest_row, study.FL, tmp_path).out  # its 500 iterations: the same runs
 
 
@@ -69,6 +69,8 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
     assert "FL (lr 0.05) beats α-CE (lr 0.01)" in claims[5].text and claims[5].verdict == HOLDS
     table = study.format_rows(results)
     assert "reference        ref" in table and "31.0 ± 1.0" in table and "90:1" in table
+    assert "AP of each seed" not in table
+    assert "30.0 / 31.0 / 32.0" in study.format_rows(results, per_seed=True)  # seed order, ×100
 
 
 def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypatch, capsys):
