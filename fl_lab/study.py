@@ -12,7 +12,11 @@ study measures, one factor at a time and over seeds, what decides the FL − α-
   longer run turn FL's edge there into a working detector?
 * **learning rate** — one shared grid, each loss at its own best;
 * **loss scale** — FL's classification loss ×4, the size of α-CE's: the loss's *size* apart
-  from its *shape*.
+  from its *shape*;
+* **pretrained backbone** — the imbalance sweep again, fine-tuning a ResNet pretrained to
+  classify Shapes crops (:mod:`fl_lab.pretrain`, the paper's ImageNet step at small scale)
+  instead of training one from scratch: does FL trail because a from-scratch backbone must
+  learn its features from the classification loss, and FL's is the smaller?
 
 Every row trains each of its arms on the same data, budget and seeds (0, 1, 2); identical
 configurations share one folder, so the reference row is trained once for all sweeps.
@@ -36,10 +40,11 @@ from .ablations import (BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, Ablat
                         focal, table1_base)
 from .analysis import Claim, SeedStats, anchor_coverage, compare_seeds, format_claims, loss_cdf, paper_findings
 from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .pretrain import pretrain_backbone
 from .train import Config, datasets, load_run
 
-__all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_rows", "gap_claims", "gap_figure", "gap_points",
-           "figure4", "format_figure4", "load_results", "main", "run_study", "study_rows"]
+__all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained", "format_rows", "gap_claims",
+           "gap_figure", "gap_points", "figure4", "format_figure4", "load_results", "main", "run_study", "study_rows"]
 
 #: The study's base: the lesson regime (the ``cpu-fast`` preset, as Table 1's CPU grid runs it):
 #: Shapes at 128 px, one object of 32-96 px per image, ResNet-18-FPN (64 channels, two
@@ -57,6 +62,10 @@ HEADLINE = (FL, BEST_CE)
 IMBALANCE, SCHEDULE, LR, SCALE, REFERENCE = "imbalance", "schedule", "learning rate", "loss scale", "reference"
 SPARSE = "sparse schedule"  # the schedule at the paper's order of imbalance (5 of 6 images empty)
 SPARSEST = dict(empty_fraction=5 / 6)  # the imbalance sweep's sparsest data: ~540 negatives per positive
+PRETRAINED = "pretrained backbone"
+PRETRAINED_WEIGHTS = "runs/pretrain/resnet18_shapes.pt"
+"""The pretrained-backbone sweep's weights (``python -m fl_lab.pretrain``'s default file and
+settings); :func:`run_study` makes them when they are missing."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +94,17 @@ def study_rows() -> list[Row]:
         Row(IMBALANCE, "5 of 6 images empty", SPARSEST),
         Row(SPARSE, "500 iterations", SPARSEST),
         Row(SPARSE, "2000 iterations", dict(SPARSEST, steps=2000, warmup=200)),
+        Row(PRETRAINED, "1-10 objects per image", dict(max_objects=10, backbone_weights=PRETRAINED_WEIGHTS)),
+        Row(PRETRAINED, "1 object per image", dict(backbone_weights=PRETRAINED_WEIGHTS)),
+        Row(PRETRAINED, "5 of 6 images empty", dict(SPARSEST, backbone_weights=PRETRAINED_WEIGHTS)),
     ]
 
 
 def _slug(overrides: dict) -> str:
     if not overrides:
         return "base"
-    return "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(overrides.items()))
+    text = lambda v: f"{v:.4g}" if isinstance(v, float) else Path(v).stem if isinstance(v, str) else str(v)  # noqa: E731
+    return "_".join(f"{k}={text(v)}" for k, v in sorted(overrides.items()))  # a weights file: by its name
 
 
 def config_of(row: Row, arm: str, out: str | Path, base: Optional[dict] = None) -> Config:
@@ -125,9 +138,14 @@ def measure_imbalance(config: Config, images: Optional[int] = None) -> float:
 
 def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequence[int] = SEEDS,
               base: Optional[dict] = None, progress: bool = True) -> list[RowResult]:
-    """Run (or read back) every arm of every row over ``seeds``; runs shared by rows are made once."""
+    """Run (or read back) every arm of every row over ``seeds``; runs shared by rows are made once.
+    A row's ``backbone_weights`` file is made first (:func:`fl_lab.pretrain.pretrain_backbone`,
+    its default settings) if it does not exist."""
     results = []
     for row in tqdm(list(rows if rows is not None else study_rows()), desc="study rows", disable=not progress):
+        weights = row.overrides.get("backbone_weights")
+        if weights is not None and not Path(weights).exists():
+            pretrain_backbone(weights, progress=progress)
         runs = {arm: run_seeds(config_of(row, arm, out, base), seeds, progress=False) for arm in row.arms}
         results.append(RowResult(row, runs, measure_imbalance(config_of(row, row.arms[0], out, base))))
     return results
@@ -137,12 +155,13 @@ def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "A
     """A table: one line per (row, arm), each metric as mean ± std over seeds (×100); with
     ``per_seed``, each seed's AP too (in seed order)."""
     width = max([len(a) for r in results for a in r.row.arms] + [3]) + 2
-    header = (f"{'sweep':<17}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+    sweep = max([len(r.row.sweep) for r in results] + [5]) + 2
+    header = (f"{'sweep':<{sweep}}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
               + ("   AP of each seed" if per_seed else ""))
     lines = [header, "-" * len(header)]
     for r in results:
         for i, arm in enumerate(r.row.arms):
-            head = f"{r.row.sweep:<17}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * 51
+            head = f"{r.row.sweep:<{sweep}}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * (sweep + 34)
             seeds = "   " + " / ".join(f"{100 * v:.1f}" for v in r.stats(arm).values) if per_seed else ""
             lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics) + seeds)
     return "\n".join(lines)
@@ -182,11 +201,19 @@ def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
 def gap_points(results: Sequence[RowResult], sweep: str) -> list[tuple[float, tuple, tuple]]:
     """(factor, FL's AP per seed, α-CE α = .75's AP per seed) for each row of ``sweep`` — what
     :func:`fl_lab.plots.gap_figure` draws. The factor: negatives per positive (imbalance),
-    iterations (schedule, sparse schedule) or the learning rate."""
+    (imbalance, pretrained backbone), iterations (schedule, sparse schedule) or the learning rate."""
     steps = lambda r: r.runs[FL][0].config["steps"]  # noqa: E731
-    factor = {IMBALANCE: lambda r: r.imbalance, SCHEDULE: steps, SPARSE: steps,
+    factor = {IMBALANCE: lambda r: r.imbalance, PRETRAINED: lambda r: r.imbalance, SCHEDULE: steps, SPARSE: steps,
               LR: lambda r: r.runs[FL][0].config["lr"]}[sweep]
     return [(factor(r), r.stats(FL).values, r.stats(BEST_CE).values) for r in results if r.row.sweep == sweep]
+
+
+def format_pretrained(summaries: dict) -> str:
+    """One line per pretrained backbone the study fine-tuned from: how it was made and how well it
+    classifies (``summaries``: {weights file: :func:`fl_lab.pretrain.pretrain_backbone`'s summary})."""
+    return "\n".join(f"pretrained backbone {path}: {m['backbone']}, {m['steps']} iterations of {m['batch_size']} "
+                     f"Shapes crops at {m['image_size']} px (seed {m['seed']}), {m['held_out_accuracy']:.1%} held-out "
+                     f"accuracy, {m['seconds'] / 60:.0f} min" for path, m in summaries.items())
 
 
 def load_results(path: str | Path) -> list[RowResult]:
@@ -246,7 +273,8 @@ def to_json(results: Sequence[RowResult]) -> list[dict]:
 _AXES = {IMBALANCE: ("negative anchors per positive anchor (log scale)", "against the imbalance"),
          SCHEDULE: ("training iterations (log scale)", "against the schedule's length, 1 object per image"),
          SPARSE: ("training iterations (log scale)", "against the schedule's length, 5 of 6 images empty"),
-         LR: ("learning rate (log scale)", "against the learning rate, 1 object per image")}
+         LR: ("learning rate (log scale)", "against the learning rate, 1 object per image"),
+         PRETRAINED: ("negative anchors per positive anchor (log scale)", "against the imbalance, pretrained backbone")}
 
 
 def gap_figure(results: Sequence[RowResult], sweep: str):
@@ -286,15 +314,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     wall = time.perf_counter() - start
     claims = gap_claims(results)
-    text = "\n\n".join([format_rows(results), format_claims(claims)])
+    weights = sorted({r.row.overrides["backbone_weights"] for r in results if "backbone_weights" in r.row.overrides})
+    # how each pretrained backbone was made (fl_lab.pretrain's summary, written next to its weights)
+    pretrained = {w: json.loads(Path(f"{w}.json").read_text()) for w in weights}
+    parts = [format_rows(results), format_claims(claims)] + ([format_pretrained(pretrained)] if weights else [])
+    text = "\n\n".join(parts)
     print(text)
     if args.results:
         folder = Path(args.results)
         command = "python -m fl_lab.study " + " ".join(sys.argv[1:] if argv is None else argv)
         write_results(folder, "study", command, text, {
             "wall_s_this_call": wall, "seeds": list(SEEDS), "base": STUDY_BASE, "rows": to_json(results),
-            "claims": [dataclasses.asdict(c) for c in claims]})
-        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr")):
+            "claims": [dataclasses.asdict(c) for c in claims], "pretrained": pretrained})
+        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr"),
+                            (PRETRAINED, "imbalance_pretrained")):
             if any(r.row.sweep == sweep for r in results):
                 gap_figure(results, sweep).savefig(folder / f"gap_vs_{name}.png", dpi=100)
         reference = next((r for r in results if r.row.sweep == REFERENCE), None)

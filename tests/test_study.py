@@ -22,7 +22,8 @@ def test_the_base_is_the_lesson_regime_and_table1s_cpu_grid():
 def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     rows = study.study_rows()
     sweeps = {r.sweep for r in rows}
-    assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.SPARSE, study.LR, study.SCALE}
+    assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.SPARSE, study.LR, study.SCALE,
+                      study.PRETRAINED}
     for r in rows:
         # one factor (a schedule's length comes with its warm-up); the sparse schedule on the sparsest data
         factor = {k: v for k, v in r.overrides.items() if not (r.sweep == study.SPARSE and k == "empty_fraction")}
@@ -46,6 +47,13 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     assert [c.steps for c in sparse] == sorted({c.steps for c in sparse})
     sparsest_row = next(r for r in rows if r.sweep == study.IMBALANCE and r.overrides == study.SPARSEST)
     assert sparse[0].out == study.config_of(sparsest_row, study.FL, tmp_path).out  # its 500 iterations: the same runs
+    # the imbalance sweep again from pretrained weights: the same data, one change; folders named by the weights file
+    pretrained = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.PRETRAINED]
+    assert len(pretrained) == len(imbalance) >= 3
+    for scratch, warm in zip(imbalance, pretrained):
+        assert scratch.backbone_weights is None
+        assert warm == dataclasses.replace(scratch, backbone_weights=study.PRETRAINED_WEIGHTS, out=warm.out)
+    assert pretrained[1].out == str(tmp_path / "backbone_weights=resnet18_shapes" / "FL_γ=2_α=0.25")
 
 
 def fake(row, aps_by_arm, imbalance=90.0):
@@ -68,7 +76,9 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
     assert claims[3].verdict == FAILS and claims[4].verdict == HOLDS
     assert "FL (lr 0.05) beats α-CE (lr 0.01)" in claims[5].text and claims[5].verdict == HOLDS
     table = study.format_rows(results)
-    assert "reference        ref" in table and "31.0 ± 1.0" in table and "90:1" in table
+    assert "31.0 ± 1.0" in table and "90:1" in table
+    lines = table.splitlines()  # the columns line up whatever the sweeps' names: each row's label under "row"
+    assert lines[2].index(" ref ") + 1 == lines[0].index("row") == lines[6].index("lr 0.01") > len("learning rate")
     assert "AP of each seed" not in table
     assert "30.0 / 31.0 / 32.0" in study.format_rows(results, per_seed=True)  # seed order, ×100
 
@@ -82,13 +92,21 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     monkeypatch.setattr(study, "SEEDS", (0, 1))
     monkeypatch.setattr(study, "IMBALANCE_IMAGES", 40)
     monkeypatch.setattr(study, "FIGURE4_IMAGES", 6)
-    rows = [study.Row(study.REFERENCE, "1 object", {}, study.HEADLINE)] + rows
+    weights = tmp_path / "pretrain" / "r18.pt"  # missing: the study makes it first (a 2-step stand-in here)
+    rows = ([study.Row(study.REFERENCE, "1 object", {}, study.HEADLINE)] + rows
+            + [study.Row(study.PRETRAINED, "pretrained", {"backbone_weights": str(weights)})])
     monkeypatch.setattr(study, "study_rows", lambda: rows)
+    real_pretrain = study.pretrain_backbone
+    monkeypatch.setattr(study, "pretrain_backbone", lambda out, progress: real_pretrain(
+        out, steps=2, batch_size=4, workers=0, progress=progress))
     assert study.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
     printed = capsys.readouterr().out
     assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed
     saved = json.loads((tmp_path / "res" / "study.json").read_text())
-    assert [r["label"] for r in saved["rows"]] == ["1 object", "1 object", "sparse", "3 iterations"]
+    assert [r["label"] for r in saved["rows"]] == ["1 object", "1 object", "sparse", "3 iterations", "pretrained"]
+    assert saved["rows"][4]["arms"][study.FL][0]["config"]["backbone_weights"] == str(weights)
+    assert saved["pretrained"][str(weights)]["steps"] == 2  # how the backbone was made, kept with the results
+    assert f"pretrained backbone {weights}: resnet18, 2 iterations of 4 Shapes crops at 64 px (seed 0)" in printed
     assert saved["rows"][2]["imbalance"] > saved["rows"][1]["imbalance"]  # empty images: more negatives per positive
     arm = saved["rows"][1]["arms"][study.FL]
     assert [run["config"]["seed"] for run in arm] == [0, 1] and arm[0]["config"]["steps"] == 2
@@ -97,13 +115,15 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     assert [s["seed"] for s in figure4["seeds"]] == [0, 1] and figure4["images"] == 6
     assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives") for g in (0, 0.5, 1, 2)}
     assert len(figure4["seeds"][0]["claims"]) == 4 and "hardest samples" in printed
-    for name in ("gap_vs_imbalance.png", "gap_vs_schedule.png", "study.txt", "figure4.txt"):
+    for name in ("gap_vs_imbalance.png", "gap_vs_schedule.png", "gap_vs_imbalance_pretrained.png", "study.txt",
+                 "figure4.txt"):
         assert (tmp_path / "res" / name).stat().st_size > 500
     assert (tmp_path / "res" / "study.txt").read_text().startswith("$ python -m fl_lab.study --out")
     loaded = study.load_results(tmp_path / "res" / "study.json")  # what lesson 06 reads
     assert study.format_rows(loaded) in printed and [r.row.label for r in loaded] == [r.label for r in rows]
     assert study.gap_points(loaded, study.IMBALANCE)[1][0] == saved["rows"][2]["imbalance"]
     assert [p[0] for p in study.gap_points(loaded, study.SCHEDULE)] == [3]
+    assert [p[0] for p in study.gap_points(loaded, study.PRETRAINED)] == [saved["rows"][4]["imbalance"]]
     # the shared "1 object" runs were made once: its folder holds two seeds of each arm
     assert sorted(p.name for p in (tmp_path / "runs" / "base").iterdir()) == ["FL_γ=2_α=0.25", "α-CE_α=0.75"]
     with pytest.raises(SystemExit):
