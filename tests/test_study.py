@@ -54,6 +54,9 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
         assert scratch.backbone_weights is None
         assert warm == dataclasses.replace(scratch, backbone_weights=study.PRETRAINED_WEIGHTS, out=warm.out)
     assert pretrained[1].out == str(tmp_path / "backbone_weights=resnet18_shapes" / "FL_γ=2_α=0.25")
+    searched = [r for r in rows if r.sweep == study.PRETRAINED and r.arms == study.SEARCH]
+    assert len(searched) == 1 and set(study.SEARCH) == set(reference.arms) - {"CE without prior init"}
+    assert {study.ARMS[a].overrides["loss_fn"] for a in study.SEARCH} == {"focal", "balanced_ce"}  # both searched
 
 
 def fake(row, aps_by_arm, imbalance=90.0):
