@@ -134,7 +134,7 @@ def table1_grid(fast: bool = False) -> list[Ablation]:
 def table1_base(gpu: bool, fast: bool = False) -> Config:
     """The configuration every run of the grid shares; only the ablation's own fields change.
 
-    otherwise (full size on a CPU): the ``cpu-fast`` preset, the lesson regime (Shapes at 128 px,
+    otherwise (full size on a CPU): the ``cpu-fast`` preset, from scratch (Shapes at 128 px,
     one object per image, 500 iterations: about 3.5 minutes a run on two CPU cores); its
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
     fast (CI, any device): that preset cut to 60 iterations -- half a minute a run, enough to

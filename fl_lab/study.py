@@ -18,7 +18,9 @@ study measures, one factor at a time and over seeds, what decides the FL − α-
   instead of training one from scratch: does FL trail because a from-scratch backbone must
   learn its features from the classification loss, and FL's is the smaller?
 
-Every row trains each of its arms on the same data, budget and seeds (0, 1, 2); identical
+Every row trains each of its arms on the same data, budget and seeds (0, 1, 2; five at the
+pretrained one-object row, the lessons' ``cpu-pretrained`` regime, where three left the gap
+within noise — fixed before the extra seeds ran); identical
 configurations share one folder, so the reference row is trained once for all sweeps.
 ``python -m fl_lab.study --out runs/fl_vs_ce --results results/fl_vs_ce`` runs it (hours on
 two CPU cores; finished runs are read back) and writes the table, JSON and figure.
@@ -44,9 +46,9 @@ from .pretrain import pretrain_backbone
 from .train import Config, datasets, load_run
 
 __all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained", "format_rows", "gap_claims",
-           "gap_figure", "gap_points", "figure4", "format_figure4", "load_results", "main", "run_study", "study_rows"]
+           "gap_figure", "gap_points", "figure4", "format_figure4", "load_pretrained", "load_results", "main", "run_study", "study_rows"]
 
-#: The study's base: the lesson regime (the ``cpu-fast`` preset, as Table 1's CPU grid runs it):
+#: The study's base: the ``cpu-fast`` preset, as Table 1's CPU grid runs it:
 #: Shapes at 128 px, one object of 32-96 px per image, ResNet-18-FPN (64 channels, two
 #: GroupNorm convs per head) from scratch, 500 iterations of 8 images.
 STUDY_BASE = {k: v for k, v in dataclasses.asdict(table1_base(gpu=False)).items() if k != "out"}
@@ -62,7 +64,9 @@ SEARCH = tuple(a for a in ARMS if a not in (NO_PRIOR.name, FL_X4.name))
 """The same small search over α for each loss: α-CE α ∈ {.5, .75, .9}, FL (γ = 2) α ∈ {.25, .5, .75}."""
 
 IMBALANCE, SCHEDULE, LR, SCALE, REFERENCE = "imbalance", "schedule", "learning rate", "loss scale", "reference"
+ONE_OBJECT = "1 object per image"  # the lesson regime's data: the reference row
 SPARSE = "sparse schedule"  # the schedule at the paper's order of imbalance (5 of 6 images empty)
+LESSON_SEEDS = (0, 1, 2, 3, 4)
 SPARSEST = dict(empty_fraction=5 / 6)  # the imbalance sweep's sparsest data: ~540 negatives per positive
 PRETRAINED = "pretrained backbone"
 PRETRAINED_WEIGHTS = "runs/pretrain/resnet18_shapes.pt"
@@ -78,12 +82,13 @@ class Row:
     label: str
     overrides: dict
     arms: tuple[str, ...] = HEADLINE
+    seeds: Optional[tuple[int, ...]] = None  # None: the study's seeds
 
 
 def study_rows() -> list[Row]:
     """The study's rows, in the order they are run."""
     return [
-        Row(REFERENCE, "1 object per image", {}, tuple(a for a in ARMS if a != FL_X4.name)),
+        Row(REFERENCE, ONE_OBJECT, {}, tuple(a for a in ARMS if a != FL_X4.name)),
         Row(LR, "lr 0.01", dict(lr=0.01)),
         Row(LR, "lr 0.02", {}),
         Row(LR, "lr 0.05", dict(lr=0.05)),
@@ -92,13 +97,14 @@ def study_rows() -> list[Row]:
         Row(SCHEDULE, "1000 iterations", dict(steps=1000, warmup=100)),
         Row(SCALE, "FL's cls loss ×4", {}, (FL, FL_X4.name, BEST_CE)),
         Row(IMBALANCE, "1-10 objects per image", dict(max_objects=10)),
-        Row(IMBALANCE, "1 object per image", {}),
+        Row(IMBALANCE, ONE_OBJECT, {}),
         Row(IMBALANCE, "5 of 6 images empty", SPARSEST),
         Row(SPARSE, "500 iterations", SPARSEST),
         Row(SPARSE, "2000 iterations", dict(SPARSEST, steps=2000, warmup=200)),
         Row(PRETRAINED, "1-10 objects per image", dict(max_objects=10, backbone_weights=PRETRAINED_WEIGHTS)),
-        # the reference row's search over α again, for both losses: the best against the best
-        Row(PRETRAINED, "1 object per image", dict(backbone_weights=PRETRAINED_WEIGHTS), SEARCH),
+        # the reference row's search over α again, for both losses: the best against the best; five
+        # seeds (fixed before any of seeds 3-4 ran): the lesson regime, where three left the gap within noise
+        Row(PRETRAINED, ONE_OBJECT, dict(backbone_weights=PRETRAINED_WEIGHTS), SEARCH, LESSON_SEEDS),
         Row(PRETRAINED, "5 of 6 images empty", dict(SPARSEST, backbone_weights=PRETRAINED_WEIGHTS)),
     ]
 
@@ -128,6 +134,13 @@ class RowResult:
     def stats(self, arm: str, metric: str = "AP") -> SeedStats:
         return seed_stats(self.runs[arm], metric)
 
+    def best(self, loss_fn: str, metric: str = "AP") -> str:
+        """The arm of ``loss_fn`` ("focal", "balanced_ce") with the highest mean ``metric`` (scaled
+        arms excluded): each loss at its best α, as the study's search sets them against each other."""
+        arms = [a for a in self.row.arms if ARMS[a].overrides.get("loss_fn") == loss_fn
+                and "cls_weight" not in ARMS[a].overrides]
+        return max(arms, key=lambda a: self.stats(a, metric).mean)
+
 
 IMBALANCE_IMAGES = 600
 """Validation images each row's imbalance is measured on (the sparsest row then still has ~100 objects)."""
@@ -149,7 +162,7 @@ def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequ
         weights = row.overrides.get("backbone_weights")
         if weights is not None and not Path(weights).exists():
             pretrain_backbone(weights, progress=progress)
-        runs = {arm: run_seeds(config_of(row, arm, out, base), seeds, progress=False) for arm in row.arms}
+        runs = {arm: run_seeds(config_of(row, arm, out, base), row.seeds or seeds, progress=False) for arm in row.arms}
         results.append(RowResult(row, runs, measure_imbalance(config_of(row, row.arms[0], out, base))))
     return results
 
@@ -159,14 +172,17 @@ def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "A
     ``per_seed``, each seed's AP too (in seed order)."""
     width = max([len(a) for r in results for a in r.row.arms] + [3]) + 2
     sweep = max([len(r.row.sweep) for r in results] + [5]) + 2
-    header = (f"{'sweep':<{sweep}}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+    cells = {(id(r), arm, m): r.stats(arm, m).format() for r in results for arm in r.row.arms for m in metrics}
+    column = max([len(c) for c in cells.values()] + [14]) + 2  # "(n=5)" where a row has its own seeds
+    header = (f"{'sweep':<{sweep}}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>{column}}" for m in metrics)
               + ("   AP of each seed" if per_seed else ""))
     lines = [header, "-" * len(header)]
     for r in results:
         for i, arm in enumerate(r.row.arms):
             head = f"{r.row.sweep:<{sweep}}{r.row.label:<26}{r.imbalance:>6.0f}:1" if i == 0 else " " * (sweep + 34)
             seeds = "   " + " / ".join(f"{100 * v:.1f}" for v in r.stats(arm).values) if per_seed else ""
-            lines.append(f"{head}  {arm:<{width}}" + "".join(f"{r.stats(arm, m).format():>16}" for m in metrics) + seeds)
+            lines.append(f"{head}  {arm:<{width}}" + "".join(f"{cells[id(r), arm, m]:>{column}}" for m in metrics)
+                         + seeds)
     return "\n".join(lines)
 
 
@@ -179,15 +195,14 @@ def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
     """
     claims = []
     for r in results:
-        ce_arms = [a for a in r.row.arms if ARMS[a].overrides.get("loss_fn") == "balanced_ce"]
-        best = max(ce_arms, key=lambda a: r.stats(a, metric).mean)
+        best = r.best("balanced_ce", metric)
         fl_arms = [a for a in r.row.arms if ARMS[a].overrides.get("loss_fn") == "focal"]
         for fl in fl_arms:
             claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: {fl} beats {best}",
                                         r.stats(fl, metric).values, r.stats(best, metric).values))
         searched = [a for a in fl_arms if "cls_weight" not in ARMS[a].overrides]
         if len(searched) > 1:  # the same small search over α for both losses: the best against the best
-            best_fl = max(searched, key=lambda a: r.stats(a, metric).mean)
+            best_fl = r.best("focal", metric)
             claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: FL at its best α ({best_fl}) beats α-CE at "
                                         f"its best α ({best})", r.stats(best_fl, metric).values,
                                         r.stats(best, metric).values))
@@ -219,6 +234,12 @@ def format_pretrained(summaries: dict) -> str:
                      f"accuracy, {m['seconds'] / 60:.0f} min" for path, m in summaries.items())
 
 
+def load_pretrained(path: str | Path) -> dict:
+    """How the pretrained backbones of a ``study.json`` were made: {weights file: summary}
+    (:func:`format_pretrained` prints it)."""
+    return read_results(path, "python -m fl_lab.study")["pretrained"]
+
+
 def load_results(path: str | Path) -> list[RowResult]:
     """The rows of a ``study.json`` written by ``python -m fl_lab.study --results`` (what lessons read)."""
     rows = read_results(path, "python -m fl_lab.study")["rows"]
@@ -227,6 +248,8 @@ def load_results(path: str | Path) -> list[RowResult]:
             for r in rows]
 
 
+FIGURE4_ROWS = ((REFERENCE, "figure4"), (PRETRAINED, "figure4_pretrained"))
+"""Where :func:`main` measures Figure 4 (from scratch; fine-tuned, the lessons' regime), and its file names."""
 FIGURE4_IMAGES = 500
 """Fresh validation images each model's Figure 4 is sampled from (as lesson 05 does in full mode)."""
 
@@ -255,11 +278,12 @@ def format_figure4(seeds: Sequence[dict]) -> str:
     """The hardest-sample shares of :func:`figure4`, mean ± std over seeds, one line per (set, γ)."""
     keys = list(seeds[0]["shares"])
     fractions = list(seeds[0]["shares"][keys[0]])
+    cells = {(key, f): SeedStats(tuple(s["shares"][key][f] for s in seeds)).format() for key in keys for f in fractions}
+    column = max(len(c) for c in cells.values()) + 2  # wider when n is not 3: "(n=5)"
     lines = [f"share of the loss held by the hardest samples, mean ± std over {len(seeds)} seeds' models",
-             f"{'set':<18}" + "".join(f"{f'top {float(f):.0%}':>16}" for f in fractions)]
+             f"{'set':<18}" + "".join(f"{f'top {float(f):.0%}':>{column}}" for f in fractions)]
     for key in keys:
-        lines.append(f"{key:<18}" + "".join(f"{SeedStats(tuple(s['shares'][key][f] for s in seeds)).format():>16}"
-                                            for f in fractions))
+        lines.append(f"{key:<18}" + "".join(f"{cells[key, f]:>{column}}" for f in fractions))
     verdicts = [[c["verdict"] for c in s["claims"]] for s in seeds]
     for i, claim in enumerate(seeds[0]["claims"]):
         lines.append(f"{claim['text']}: {', '.join(v[i] for v in verdicts)} (seeds {', '.join(str(s['seed']) for s in seeds)})")
@@ -318,9 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wall = time.perf_counter() - start
     claims = gap_claims(results)
     weights = sorted({r.row.overrides["backbone_weights"] for r in results if "backbone_weights" in r.row.overrides})
-    # how each pretrained backbone was made (fl_lab.pretrain's summary, written next to its weights)
-    pretrained = {w: json.loads(Path(f"{w}.json").read_text()) for w in weights}
-    parts = [format_rows(results), format_claims(claims)] + ([format_pretrained(pretrained)] if weights else [])
+    # how each pretrained backbone was made (fl_lab.pretrain's summary, written next to its weights;
+    # a file put there by hand has none)
+    pretrained = {w: json.loads(Path(f"{w}.json").read_text()) for w in weights if Path(f"{w}.json").is_file()}
+    parts = [format_rows(results), format_claims(claims)] + ([format_pretrained(pretrained)] if pretrained else [])
     text = "\n\n".join(parts)
     print(text)
     if args.results:
@@ -333,12 +358,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             (PRETRAINED, "imbalance_pretrained")):
             if any(r.row.sweep == sweep for r in results):
                 gap_figure(results, sweep).savefig(folder / f"gap_vs_{name}.png", dpi=100)
-        reference = next((r for r in results if r.row.sweep == REFERENCE), None)
-        if reference is not None:  # Figure 4 on each seed's model of the lesson regime (lesson 05)
-            seeds = figure4(reference.runs[FL])
-            (folder / "figure4.json").write_text(json.dumps({"images": FIGURE4_IMAGES, "seeds": seeds}, indent=2))
-            (folder / "figure4.txt").write_text(format_figure4(seeds) + "\n")
-            print("\n" + format_figure4(seeds))
+        for sweep, name in FIGURE4_ROWS:  # Figure 4 on each seed's FL model, one object per image (lesson 05)
+            row = next((r for r in results if r.row.sweep == sweep and r.row.label == ONE_OBJECT), None)
+            if row is not None:
+                seeds = figure4(row.runs[FL])
+                (folder / f"{name}.json").write_text(json.dumps({"images": FIGURE4_IMAGES, "seeds": seeds}, indent=2))
+                (folder / f"{name}.txt").write_text(format_figure4(seeds) + "\n")
+                print(f"\n{name}: {sweep}, {ONE_OBJECT}\n" + format_figure4(seeds))
     return 0
 
 

@@ -30,3 +30,38 @@ def test_pretrained_weights_load_into_retinanet(tmp_path):
         pretrain_backbone(tmp_path / "x.pt", steps=0)
     with pytest.raises(SystemExit):
         main(["--steps", "-1", "--out", str(tmp_path / "y.pt")])
+
+
+def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name(tmp_path, monkeypatch):
+    import fl_lab.pretrain as pretrain
+    from fl_lab.train import Config, build_model
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    made = []
+
+    def quick(out, backbone, progress):  # a 2-step stand-in for the 12-minute default
+        made.append(out)
+        return pretrain_backbone(out, backbone, steps=2, batch_size=4, workers=0, progress=False)
+
+    monkeypatch.setattr(pretrain, "pretrain_backbone", quick)
+    path = pretrain.shapes_weights("resnet18", progress=False)
+    assert path == tmp_path / "hub" / "checkpoints" / "fl_lab_resnet18_shapes.pt" and path.is_file()
+    assert pretrain.shapes_weights("resnet18", progress=False) == path and made == [path]  # made once, then read
+    config = Config(backbone="resnet18", fpn_channels=32, head_convs=1, backbone_weights="shapes")
+    model = build_model(config, 5)
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(model.backbone.body.layer3[1].conv2.weight, saved["layer3.1.conv2.weight"])
+    assert not model.backbone.body.conv1.weight.requires_grad  # fine-tuned as from ImageNet: stem fixed
+    # a checkpoint's architecture without its weights file: frozen BatchNorm, nothing made or read
+    path.unlink()
+    bare = build_model(config, 5, load_weights=False)
+    assert type(bare.backbone.body.bn1) is type(model.backbone.body.bn1) and not path.exists() and len(made) == 1
+
+
+def test_the_command_line_writes_into_the_cache_by_default(tmp_path, monkeypatch, capsys):
+    import fl_lab.pretrain as pretrain
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert main(["--steps", "2", "--batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert pretrain.shapes_weights_path("resnet18").is_file()

@@ -56,6 +56,14 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     assert pretrained[1].out == str(tmp_path / "backbone_weights=resnet18_shapes" / "FL_γ=2_α=0.25")
     searched = [r for r in rows if r.sweep == study.PRETRAINED and r.arms == study.SEARCH]
     assert len(searched) == 1 and set(study.SEARCH) == set(reference.arms) - {"CE without prior init"}
+    assert searched[0].seeds == study.LESSON_SEEDS and len(study.LESSON_SEEDS) == 5  # the lesson regime: more seeds
+    # the lessons' cpu-pretrained preset is that row's FL arm (its weights asked for by name, made the same way)
+    lesson = Config(**PRESETS["cpu-pretrained"], alpha=0.25)  # α None: the focal loss's own, 0.25, which the arm names
+    bookkeeping = {"out", "log_every", "checkpoint_every", "backbone_weights"}
+    measured = study.config_of(searched[0], study.FL, tmp_path)
+    assert {f: getattr(lesson, f) for f in Config.__dataclass_fields__ if f not in bookkeeping} == \
+           {f: getattr(measured, f) for f in Config.__dataclass_fields__ if f not in bookkeeping}
+    assert lesson.backbone_weights == "shapes" and Config(**PRESETS["cpu-fast"]).backbone_weights is None
     assert {study.ARMS[a].overrides["loss_fn"] for a in study.SEARCH} == {"focal", "balanced_ce"}  # both searched
 
 
@@ -73,6 +81,7 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
         fake(study.Row(study.LR, "lr 0.01", {"lr": 0.01}), {study.FL: [0.1, 0.1, 0.11], study.BEST_CE: [0.4, 0.41, 0.4]}),
         fake(study.Row(study.LR, "lr 0.05", {"lr": 0.05}), {study.FL: [0.5, 0.51, 0.5], study.BEST_CE: [0.2, 0.1, 0.3]}),
     ]
+    assert (results[0].best("balanced_ce"), results[0].best("focal")) == (study.BEST_CE, "FL γ=2 α=0.5")
     claims = study.gap_claims(results)
     assert "beats α-CE α=0.75" in claims[0].text and claims[0].verdict == HOLDS  # the best α-CE, not α = .5
     assert "FL at its best α (FL γ=2 α=0.5) beats α-CE at its best α (α-CE α=0.75)" in claims[2].text
@@ -82,6 +91,9 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
     assert "31.0 ± 1.0" in table and "90:1" in table
     lines = table.splitlines()  # the columns line up whatever the sweeps' names: each row's label under "row"
     assert lines[2].index(" ref ") + 1 == lines[0].index("row") == lines[6].index("lr 0.01") > len("learning rate")
+    five = fake(study.Row(study.PRETRAINED, "five seeds", {}), {study.FL: [0.3] * 5, study.BEST_CE: [0.2] * 5})
+    lines = study.format_rows(results + [five]).splitlines()  # "(n=5)" widens the columns instead of running on
+    assert {len(line) for line in lines} == {len(lines[0])} and "30.0 ± 0.0 (n=5)  " in lines[-2] + "  "
     assert "AP of each seed" not in table
     assert "30.0 / 31.0 / 32.0" in study.format_rows(results, per_seed=True)  # seed order, ×100
 
@@ -96,8 +108,8 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     monkeypatch.setattr(study, "IMBALANCE_IMAGES", 40)
     monkeypatch.setattr(study, "FIGURE4_IMAGES", 6)
     weights = tmp_path / "pretrain" / "r18.pt"  # missing: the study makes it first (a 2-step stand-in here)
-    rows = ([study.Row(study.REFERENCE, "1 object", {}, study.HEADLINE)] + rows
-            + [study.Row(study.PRETRAINED, "pretrained", {"backbone_weights": str(weights)})])
+    rows = ([study.Row(study.REFERENCE, study.ONE_OBJECT, {}, study.HEADLINE)] + rows  # a row's own seeds:
+            + [study.Row(study.PRETRAINED, study.ONE_OBJECT, {"backbone_weights": str(weights)}, seeds=(0, 1, 2))])
     monkeypatch.setattr(study, "study_rows", lambda: rows)
     real_pretrain = study.pretrain_backbone
     monkeypatch.setattr(study, "pretrain_backbone", lambda out, progress: real_pretrain(
@@ -106,7 +118,7 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed
     saved = json.loads((tmp_path / "res" / "study.json").read_text())
-    assert [r["label"] for r in saved["rows"]] == ["1 object", "1 object", "sparse", "3 iterations", "pretrained"]
+    assert [r["label"] for r in saved["rows"]] == [study.ONE_OBJECT, "1 object", "sparse", "3 iterations", study.ONE_OBJECT]
     assert saved["rows"][4]["arms"][study.FL][0]["config"]["backbone_weights"] == str(weights)
     assert saved["pretrained"][str(weights)]["steps"] == 2  # how the backbone was made, kept with the results
     assert f"pretrained backbone {weights}: resnet18, 2 iterations of 4 Shapes crops at 64 px (seed 0)" in printed
@@ -118,8 +130,12 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     assert [s["seed"] for s in figure4["seeds"]] == [0, 1] and figure4["images"] == 6
     assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives") for g in (0, 0.5, 1, 2)}
     assert len(figure4["seeds"][0]["claims"]) == 4 and "hardest samples" in printed
+    figure4 = json.loads((tmp_path / "res" / "figure4_pretrained.json").read_text())  # and the fine-tuned models'
+    assert [s["seed"] for s in figure4["seeds"]] == [0, 1, 2]  # that row's own seeds
+    assert [run["config"]["seed"] for run in saved["rows"][4]["arms"][study.FL]] == [0, 1, 2]
+    assert study.load_pretrained(tmp_path / "res" / "study.json") == saved["pretrained"]
     for name in ("gap_vs_imbalance.png", "gap_vs_schedule.png", "gap_vs_imbalance_pretrained.png", "study.txt",
-                 "figure4.txt"):
+                 "figure4.txt", "figure4_pretrained.txt"):
         assert (tmp_path / "res" / name).stat().st_size > 500
     assert (tmp_path / "res" / "study.txt").read_text().startswith("$ python -m fl_lab.study --out")
     loaded = study.load_results(tmp_path / "res" / "study.json")  # what lesson 06 reads

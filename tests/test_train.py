@@ -175,7 +175,7 @@ def test_cli_says_when_a_gpu_preset_would_train_on_the_cpu(monkeypatch, capsys):
     for preset in ("gpu", "coco"):
         config_from_args(["--preset", preset])
         assert f"the {preset} preset is sized for a GPU" in capsys.readouterr().err
-    for argv in (["--preset", "cpu-fast"], ["--preset", "gpu", "--device", "cpu"], []):
+    for argv in (["--preset", "cpu-fast"], ["--preset", "cpu-pretrained"], ["--preset", "gpu", "--device", "cpu"], []):
         config_from_args(argv)  # a CPU preset, or a CPU asked for explicitly: nothing to say
         assert capsys.readouterr().err == ""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -279,8 +279,9 @@ def test_cli_takes_the_sparsity_and_loss_scale_options():
     assert config.loss_kwargs()["cls_weight"] == 4.0
     train_set, val_set = datasets(dataclasses.replace(config, train_images=4, val_images=2))
     assert train_set.empty_fraction == 0.5 and (train_set.min_objects, train_set.max_objects) == (0, 3)
-    lesson = Config(**PRESETS["cpu-fast"])  # the lesson regime: one object per image, every one matchable
-    assert (lesson.min_objects, lesson.max_objects, lesson.min_object_size, lesson.normalize) == (1, 1, 32.0, "ema")
+    for preset in ("cpu-pretrained", "cpu-fast"):  # the lesson regime and its from-scratch twin: one object per
+        lesson = Config(**PRESETS[preset])         # image, every one matchable
+        assert (lesson.min_objects, lesson.max_objects, lesson.min_object_size, lesson.normalize) == (1, 1, 32.0, "ema")
 
 
 def test_anchor_density_is_configurable_for_table_1c():

@@ -1,12 +1,12 @@
 """Draw the README's pictures into assets/ from the kit's own code, so they stay current.
 
-    python tools/readme_figures.py                 # trains a cpu-fast model first if runs/lesson04 has none
+    python tools/readme_figures.py                 # trains a cpu-pretrained model first if runs/lesson04 has none
     python tools/readme_figures.py --run runs/X    # use another trained run folder
 
 Writes assets/readme_figure1.png (the paper's Figure 1), assets/readme_anchors.png (the
 P3–P7 anchors on the sample photograph), assets/readme_detections.png (a trained model's
 detections on validation images) and assets/readme_loss_cdf.png (Figure 4 from that model).
-The last two come from the ``cpu-fast`` preset unless ``--run`` names a better model.
+The last two come from the ``cpu-pretrained`` preset (the lessons' regime) unless ``--run`` names another model.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     save(plots.pyramid_figure(image, AnchorGenerator(), locations_per_level=3), "readme_anchors.png")
 
     if not (args.run / "last.pt").is_file():
-        print(f"no trained model in {args.run}: training the cpu-fast preset (a few minutes on a CPU)")
-        run(Config(**{**PRESETS["cpu-fast"], "out": str(args.run), "evaluate": False}))
+        print(f"no trained model in {args.run}: training the cpu-pretrained preset (a few minutes on a CPU)")
+        run(Config(**{**PRESETS["cpu-pretrained"], "out": str(args.run), "evaluate": False}))
     model, config = load_run(args.run)
     _, val_set = datasets(config)
     examples = [val_set[i] for i in range(8)]

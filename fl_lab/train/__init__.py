@@ -4,7 +4,8 @@ SGD with momentum 0.9 and weight decay 1e-4; a linear warm-up; the learning rate
 by 10 at 2/3 and 8/9 of the run (the paper's 60k and 80k of 90k iterations); horizontal
 flips the only augmentation.
 
-    python -m fl_lab.train --preset cpu-fast            # Shapes, ResNet-18, minutes on a CPU
+    python -m fl_lab.train --preset cpu-pretrained      # Shapes, ResNet-18 pretrained on Shapes, minutes on a CPU
+    python -m fl_lab.train --preset cpu-fast            # the same from scratch
     python -m fl_lab.train --preset gpu                 # Shapes at 512 px, ResNet-50, ~10 min on an H100
     python -m fl_lab.train --preset coco --data-root data/coco --backbone-weights r50.pth
     python -m fl_lab.train --resume runs/cpu-fast       # continue exactly where it stopped

@@ -89,7 +89,7 @@ def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:
         # Say so before the first iteration: the run would otherwise just look frozen.
         print(f"note: the {args.preset} preset is sized for a GPU and this machine has none, so it trains on the CPU: "
               f"{config.steps} iterations of {config.batch_size} images at {config.image_size} px take hours (the gpu "
-              "preset: about 15 s an iteration, 12 h, on two CPU cores). --preset cpu-fast trains in minutes on a "
+              "preset: about 15 s an iteration, 12 h, on two CPU cores). --preset cpu-pretrained trains in minutes on a "
               "CPU; --stop-after N stops early with a checkpoint.", file=sys.stderr)
     return config, False
 

@@ -40,8 +40,10 @@ class Config:
     fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
     head_convs: int = _opt(4, "3x3 convs in each subnet before its output (paper: 4)")
     head_norm: Optional[str] = _opt(None, "None or gn (GroupNorm in the heads)")
-    backbone_weights: Optional[str] = _opt(None, "ImageNet weights for the ResNet: imagenet (torchvision's, downloaded "
-                                           "once into the torch hub cache) or a file (none: from scratch)")
+    backbone_weights: Optional[str] = _opt(None, "pretrained weights for the ResNet: imagenet (torchvision's, downloaded "
+                                           "once into the torch hub cache), shapes (pretrained on Shapes crops, made "
+                                           "once into that cache: python -m fl_lab.pretrain) or a file (none: from "
+                                           "scratch)")
     prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
     anchor_scales: int = _opt(3, "anchor scales per level, 2^(k/n) for k < n (paper: 3; Table 1c tries 1-4)")
     anchor_ratios: int = _opt(3, "anchor aspect ratios: 1 (1:1) or 3 (1:2, 1:1, 2:1; the paper's)", choices=(1, 3))
@@ -145,16 +147,22 @@ class Config:
         return {"loss_fn": fn, "box_loss": self.box_loss, "normalize": self.normalize, "cls_weight": self.cls_weight}
 
 
+# Shapes at 128 px, one object of 32-96 px per image (every object has an anchor with IoU >= 0.5;
+# ~90 negative anchors per positive), a small ResNet-18-FPN with GroupNorm heads, 500 iterations:
+# about 3.5 minutes on two CPU cores. detectron2's running-average normaliser: the study's sparser
+# data has batches without objects.
+_CPU = dict(image_size=128, train_images=4000, val_images=200, min_objects=1, max_objects=1, min_object_size=32.0,
+            backbone="resnet18", fpn_channels=64, head_convs=2, head_norm="gn", batch_size=8, steps=500, lr=0.02,
+            warmup=50, normalize="ema", workers=1, checkpoint_every=100)
+
 #: Named starting points; any field can still be overridden on the command line.
 PRESETS: dict[str, dict] = {
-    # The lesson regime (lessons 04-06, results/fl_vs_ce): Shapes at 128 px, one object of 32-96 px
-    # per image (every object has an anchor with IoU >= 0.5; ~90 negative anchors per positive),
-    # a small ResNet-18-FPN with GroupNorm heads from scratch: about 3.5 minutes on two CPU cores.
-    # detectron2's running-average normaliser: the study's sparser data has batches without objects.
-    "cpu-fast": dict(image_size=128, train_images=4000, val_images=200, min_objects=1, max_objects=1,
-                     min_object_size=32.0, backbone="resnet18", fpn_channels=64, head_convs=2, head_norm="gn",
-                     batch_size=8, steps=500, lr=0.02, warmup=50, normalize="ema", workers=1, checkpoint_every=100,
-                     out="runs/cpu-fast"),
+    # The lesson regime (lessons 04-05; results/fl_vs_ce's pretrained 1-object row): fine-tuned from a
+    # ResNet-18 pretrained on Shapes crops, as the paper fine-tunes from ImageNet (§4.1; frozen
+    # BatchNorm). The weights are made once, in ~12 minutes (python -m fl_lab.pretrain).
+    "cpu-pretrained": dict(_CPU, backbone_weights="shapes", out="runs/cpu-pretrained"),
+    # The same from scratch: lesson 06's study base and Table 1 grid, lesson 07.
+    "cpu-fast": dict(_CPU, out="runs/cpu-fast"),
     # Shapes at 512 px, ResNet-50-FPN, batch 16, bf16: sized for about 10 minutes on one H100.
     "gpu": dict(image_size=512, train_images=16000, val_images=500, min_object_size=32.0, backbone="resnet50",
                 fpn_channels=256,

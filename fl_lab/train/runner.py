@@ -20,6 +20,7 @@ from ..data.sampler import FlipByKey, TrainSampler
 from ..evaluate import evaluate
 from ..anchors import AnchorGenerator
 from ..model import RetinaNet
+from ..pretrain import shapes_weights
 from .config import Config
 from .loop import load_checkpoint, train
 
@@ -52,12 +53,19 @@ def anchor_generator(config: Config) -> AnchorGenerator:
                            aspect_ratios=(1.0,) if config.anchor_ratios == 1 else (0.5, 1.0, 2.0))
 
 
-def build_model(config: Config, num_classes: int) -> RetinaNet:
-    """The configured RetinaNet, initialised from ``config.seed``."""
+def build_model(config: Config, num_classes: int, load_weights: bool = True) -> RetinaNet:
+    """The configured RetinaNet, initialised from ``config.seed``. ``backbone_weights="shapes"``:
+    the backbone pretrained on Shapes crops (:func:`fl_lab.pretrain.shapes_weights`, made once).
+    ``load_weights=False``: the same architecture (frozen BatchNorm if the run fine-tuned), for a
+    checkpoint's weights to be loaded into."""
+    weights = config.backbone_weights if load_weights else None
+    if weights == "shapes":
+        weights = shapes_weights(config.backbone)
     torch.manual_seed(config.seed)
     return RetinaNet(num_classes, backbone=config.backbone, fpn_channels=config.fpn_channels,
                      head_convs=config.head_convs, prior=config.prior, head_norm=config.head_norm,
-                     backbone_weights=config.backbone_weights, anchor_generator=anchor_generator(config))
+                     backbone_weights=weights, frozen_bn=config.backbone_weights is not None,
+                     anchor_generator=anchor_generator(config))
 
 
 def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[RetinaNet, Config]:
@@ -72,7 +80,7 @@ def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") ->
     except (KeyError, TypeError):
         raise ValueError(f"{Path(out) / 'last.pt'} holds no run configuration (written by an older fl_lab, or not by "
                          "fl_lab.train.run): train it again, e.g. with lesson 04 or python -m fl_lab.train") from None
-    model = build_model(dataclasses.replace(config, backbone_weights=None), num_classes)
+    model = build_model(config, num_classes, load_weights=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
 
