@@ -150,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        summary = pretrain_backbone(args.out or shapes_weights_path(args.backbone), args.backbone, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+        summary = pretrain_backbone(args.out or shapes_weights_path(args.backbone), args.backbone, args.steps,
+                                    args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
     print(json.dumps(summary, indent=2))

@@ -46,7 +46,8 @@ from .pretrain import pretrain_backbone
 from .train import Config, datasets, load_run
 
 __all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained", "format_rows", "gap_claims",
-           "gap_figure", "gap_points", "figure4", "format_figure4", "load_pretrained", "load_results", "main", "run_study", "study_rows"]
+           "gap_figure", "gap_points", "figure4", "format_figure4", "load_pretrained", "load_results", "main",
+           "run_study", "study_rows"]
 
 #: The study's base: the ``cpu-fast`` preset, as Table 1's CPU grid runs it:
 #: Shapes at 128 px, one object of 32-96 px per image, ResNet-18-FPN (64 channels, two
@@ -70,8 +71,9 @@ LESSON_SEEDS = (0, 1, 2, 3, 4)
 SPARSEST = dict(empty_fraction=5 / 6)  # the imbalance sweep's sparsest data: ~540 negatives per positive
 PRETRAINED = "pretrained backbone"
 PRETRAINED_WEIGHTS = "runs/pretrain/resnet18_shapes.pt"
-"""The pretrained-backbone sweep's weights (``python -m fl_lab.pretrain``'s default file and
-settings); :func:`run_study` makes them when they are missing."""
+"""The pretrained-backbone sweep's weights (``python -m fl_lab.pretrain --out`` this file, default
+settings — the lessons' ``"shapes"`` cache file is made the same way); :func:`run_study` makes them
+when they are missing."""
 
 
 @dataclass(frozen=True)
