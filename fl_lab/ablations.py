@@ -131,7 +131,7 @@ def table1_grid(fast: bool = False) -> list[Ablation]:
     ]
 
 
-def table1_base(gpu: bool, fast: bool = False) -> Config:
+def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] = None) -> Config:
     """The configuration every run of the grid shares; only the ablation's own fields change.
 
     otherwise (full size on a CPU): the ``cpu-fast`` preset, from scratch (Shapes at 128 px,
@@ -141,15 +141,21 @@ def table1_base(gpu: bool, fast: bool = False) -> Config:
     run the code and show the prior's effect, far too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
     one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
+    backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
+    ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
+    preset, the lessons' regime (about 2.3 minutes a run), whose runs are the study's pretrained
+    one-object row when the file is the study's (``runs/pretrain/resnet18_shapes.pt``).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
-        return Config(**{**PRESETS["cpu-fast"], "steps": 60, "warmup": 10, "train_images": 480, "val_images": 32,
-                         **every, "log_every": 1})
-    if gpu:
-        return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
-                         "val_images": 250, **every})
-    return Config(**{**PRESETS["cpu-fast"], **every})
+        base = {**PRESETS["cpu-fast"], "steps": 60, "warmup": 10, "train_images": 480, "val_images": 32,
+                **every, "log_every": 1}
+    elif gpu:
+        base = {**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
+                "val_images": 250, **every}
+    else:
+        base = {**PRESETS["cpu-fast"], **every}
+    return Config(**{**base, "backbone_weights": backbone_weights})
 
 
 def ablation_folder(ablation: Ablation) -> str:
@@ -279,8 +285,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
     parser.add_argument("--rows", default=None, help="comma-separated row names to run (default: the whole grid), "
                         "e.g. \"FL γ=2 α=0.25,α-CE α=0.75\"")
+    parser.add_argument("--backbone-weights", default=None, metavar="FILE",
+                        help="fine-tune every run from these backbone weights (python -m fl_lab.pretrain makes them) "
+                        "or 'shapes' (the lessons' cpu-pretrained regime; made once into the torch hub cache); "
+                        "default: from scratch")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
+    if args.backbone_weights not in (None, "shapes") and not Path(args.backbone_weights).is_file():
+        parser.error(f"--backbone-weights: no file {args.backbone_weights!r}; make it with "
+                     "python -m fl_lab.pretrain --out FILE, or pass 'shapes'")
     grid = table1_grid(fast=args.fast)
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",")]
@@ -296,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     gpu = args.device != "cpu" and torch.cuda.is_available()
-    base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast), device=args.device)
+    base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast, backbone_weights=args.backbone_weights),
+                               device=args.device)
     start = time.perf_counter()
     try:
         results = run_ablations(grid, base, args.out, seeds)

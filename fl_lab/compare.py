@@ -14,18 +14,19 @@ The paper sets RetinaNet (one stage, focal loss) against two families (§1, §2)
 :func:`fl_lab.train.train` trains it and :func:`fl_lab.evaluate.evaluate` scores it exactly
 as they do fl_lab's :class:`~fl_lab.model.RetinaNet`: only the data feeding is adapted
 (labels shifted by one for torchvision's background class 0, and its input transform told
-that images are already normalised). Nothing is downloaded: ``weights=None``.
+that images are already normalised). Nothing is downloaded: SSD trains from scratch, Faster
+R-CNN from scratch or from the same backbone weights as RetinaNet (``Config.backbone_weights``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, ssd300_vgg16, ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 from .analysis import Claim, SeedStats, compare_seeds
 from .data import collate
 from .experiment import RunRecord, run_seeds, seed_stats
-from .train import PRESETS, Config, datasets, load_checkpoint, load_run
+from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
+from .weights import detector_resnet
 
 __all__ = ["DETECTORS", "PAPER", "Entry", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector",
            "check_orderings", "compare", "compare_base", "figure2_points", "format_table", "inference_ms_per_image"]
@@ -58,20 +60,25 @@ class ImagesOnly(NamedTuple):
 
 
 def build_torchvision_detector(kind: str, num_classes: int, image_size: int, backbone: str = "resnet18",
-                               fpn_channels: int = 256) -> nn.Module:
-    """torchvision's detector ``kind`` (a key of :data:`DETECTORS`) for ``num_classes`` object classes, from scratch.
+                               fpn_channels: int = 256, backbone_weights: Union[None, str, Path] = None,
+                               frozen_bn: Optional[bool] = None) -> nn.Module:
+    """torchvision's detector ``kind`` (a key of :data:`DETECTORS`) for ``num_classes`` object classes.
 
-    Faster R-CNN gets fl_lab's backbone choice (the ResNet with BatchNorm, as fl_lab trains from
-    scratch, and an FPN of ``fpn_channels``) and sees images at ``image_size`` like RetinaNet; SSD
-    keeps its own backbone and its native input size (300 or 320 px), which its anchor layout needs.
+    Faster R-CNN gets fl_lab's backbone choice and sees images at ``image_size`` like RetinaNet:
+    the ResNet (:func:`fl_lab.weights.detector_resnet` — fine-tuned from ``backbone_weights``
+    with frozen BatchNorm and a fixed stem and res2, exactly as RetinaNet's, or from scratch;
+    ``frozen_bn`` as there) and an FPN of ``fpn_channels``. SSD keeps its own backbone, from
+    scratch, and its native input size (300 or 320 px), which its anchor layout needs.
     """
     if kind not in DETECTORS:
         raise ValueError(f"kind must be one of {sorted(DETECTORS)}, got {kind!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if kind != "faster_rcnn" and backbone_weights is not None:
+        raise ValueError(f"{kind} keeps its own backbone and trains it from scratch: backbone_weights must be None")
     classes = num_classes + 1  # torchvision's class 0 is the background
     if kind == "faster_rcnn":
-        resnet = getattr(torchvision.models, backbone)(weights=None)
+        resnet = detector_resnet(backbone, backbone_weights, frozen_bn)
         widths = [resnet.inplanes // 8 * 2**i for i in range(4)]  # C2…C5 channels (inplanes is C5's)
         fpn = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths, fpn_channels,
                               extra_blocks=LastLevelMaxPool())
@@ -228,16 +235,19 @@ def compare_base(gpu: bool, fast: bool) -> Config:
     Fast mode: 10 iterations of 8 Shapes images at 128 px, ResNet-18, 16 validation images —
     enough to run every design end to end in about a minute on two CPU cores (Faster R-CNN's
     512 RoIs per image make it many times slower per step than RetinaNet there), not to rank
-    them; 20 iterations and 32 images made lesson 07 take 144 s from a clean start.
-    GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16 (about 20 minutes for all runs
-    on one H100, an estimate from the gpu preset's speed). CPU full mode: the cpu-fast preset.
+    them; 20 iterations and 32 images made lesson 07 take 144 s from a clean start. It trains
+    from scratch, so that tests never pretrain a backbone.
+    GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16, from scratch (about 20 minutes
+    for all runs on one H100, an estimate from the gpu preset's speed). CPU full mode: the lessons'
+    ``cpu-pretrained`` preset — RetinaNet and Faster R-CNN fine-tune the same Shapes-pretrained
+    ResNet-18, SSD trains its own backbone from scratch.
     """
     if gpu:
         return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
                          "val_images": 250, "log_every": 10, "checkpoint_every": 0})
-    config = Config(**PRESETS["cpu-fast"])
+    config = Config(**PRESETS["cpu-pretrained"])
     if fast:
-        config = dataclasses.replace(config, steps=10, warmup=2, train_images=80, val_images=16)
+        config = dataclasses.replace(config, steps=10, warmup=2, train_images=80, val_images=16, backbone_weights=None)
     return dataclasses.replace(config, log_every=1, checkpoint_every=0)
 
 
@@ -246,13 +256,22 @@ def _retinanet(base: Config, loss: str) -> Config:
         dataclasses.replace(base, loss_fn="balanced_ce", alpha=0.75)
 
 
+def _torchvision_model(config: Config, num_classes: int, kind: str, load_weights: bool = True) -> nn.Module:
+    """torchvision's ``kind`` as ``config`` trains it, initialised from ``config.seed`` (as
+    :func:`fl_lab.train.build_model` does RetinaNet); ``load_weights=False``: the architecture only."""
+    weights = backbone_weights_file(config) if load_weights and config.backbone_weights else None
+    torch.manual_seed(config.seed)
+    return TorchvisionDetector(build_torchvision_detector(kind, num_classes, config.image_size, config.backbone,
+                                                          config.fpn_channels, weights,
+                                                          frozen_bn=config.backbone_weights is not None), config.amp)
+
+
 def _trained(config: Config, kind: Optional[str], device: torch.device) -> nn.Module:
     """The model a finished run saved in ``config.out/last.pt``, in eval mode on ``device``."""
     if kind is None:
         return load_run(config.out, device)[0]
     _, val_set = datasets(config)
-    model = TorchvisionDetector(build_torchvision_detector(kind, val_set.num_classes, config.image_size,
-                                                           config.backbone, config.fpn_channels), config.amp)
+    model = _torchvision_model(config, val_set.num_classes, kind, load_weights=False)
     model.load_state_dict(load_checkpoint(Path(config.out) / "last.pt", map_location=device)["model"])
     return model.to(device).eval()
 
@@ -281,13 +300,12 @@ def compare(
             for size in dict.fromkeys([base.image_size, *retinanet_sizes])]
     jobs += [("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing", _retinanet(base, "balanced_ce"), None),
              ("Faster R-CNN", DETECTORS["faster_rcnn"], base, "faster_rcnn"),
-             ("SSD", DETECTORS[ssd], base, ssd)]
+             ("SSD", DETECTORS[ssd], dataclasses.replace(base, backbone_weights=None), ssd)]  # its own backbone
     entries = []
     for name, design, config, kind in tqdm(jobs, desc="detectors", disable=not progress):
         folder = Path(out) / f"{name.split()[0].lower()}_{kind or config.loss_fn}_{config.image_size}px"
         config = dataclasses.replace(config, out=str(folder))
-        build = None if kind is None else (
-            lambda c, k, kind=kind: TorchvisionDetector(build_torchvision_detector(kind, k, c.image_size, c.backbone, c.fpn_channels), c.amp))
+        build = None if kind is None else partial(_torchvision_model, kind=kind)
         runs = run_seeds(config, seeds, progress=progress, build=build)
         model = _trained(dataclasses.replace(config, seed=runs[0].seed, out=runs[0].out), kind, device)
         _, val_set = datasets(config)

@@ -38,7 +38,7 @@ from .boxes import BoxCoder, top_k_per_group
 from .loss import balanced_cross_entropy, focal_loss, focal_loss_star
 from .matcher import AssignedTargets, Matcher, assign_targets, pad_targets
 from .ohem import ohem_loss
-from .weights import from_torchvision_keys, load_backbone_weights
+from .weights import detector_resnet, from_torchvision_keys
 
 __all__ = ["LOSS_FUNCTIONS", "RetinaNet", "RetinaNetOutput"]
 
@@ -148,10 +148,12 @@ class RetinaNet(nn.Module):
             path to a state dict file, or a ``torchvision.models.ResNet*_Weights`` value whose
             file is already in the torch hub cache. None trains from scratch. With weights, BatchNorm
             is frozen and the stem and first stage stay fixed (as in the paper's detectron);
-            from scratch, BatchNorm trains.
+            from scratch, BatchNorm trains (:func:`fl_lab.weights.detector_resnet`).
         anchor_generator: defaults to the paper's anchors, :class:`AnchorGenerator()`.
         matcher, box_coder: what :meth:`loss` and :meth:`detect` use; default ``Matcher()``
             (0.5 / 0.4) and ``BoxCoder()``.
+        frozen_bn: None follows ``backbone_weights``; True or False forces frozen or training
+            BatchNorm (a fine-tuned run rebuilt to load its checkpoint: frozen, no weights).
     """
 
     def __init__(
@@ -191,12 +193,7 @@ class RetinaNet(nn.Module):
         self.box_coder = box_coder or BoxCoder()
         num_anchors = self.anchor_generator.num_anchors_per_location
 
-        frozen = backbone_weights is not None if frozen_bn is None else frozen_bn
-        resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
-        if backbone_weights is not None:
-            load_backbone_weights(resnet, backbone_weights, backbone)
-            for module in (resnet.conv1, resnet.layer1):  # stem and res2 stay fixed (detectron's FREEZE_AT = 2)
-                module.requires_grad_(False)
+        resnet = detector_resnet(backbone, backbone_weights, frozen_bn)
         c3, c4, c5 = _BACKBONES[backbone]
         self.backbone = BackboneWithFPN(
             resnet,

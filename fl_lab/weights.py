@@ -4,6 +4,8 @@
   cache, only when asked, through the kit's resumable, verified downloader;
 * :func:`load_backbone_weights` loads ImageNet weights into a torchvision ResNet from a file, from
   the torch hub cache, or ``"imagenet"`` (fetched first) — the paper fine-tunes from ImageNet (§4.1);
+* :func:`detector_resnet` builds the ResNet a detector fine-tunes (frozen BatchNorm, fixed stem and
+  first stage) or trains from scratch — fl_lab's RetinaNet and lesson 07's Faster R-CNN share it;
 * :func:`from_torchvision_keys` renames a torchvision ``retinanet_resnet50_fpn`` state dict to
   fl_lab's module names (:meth:`fl_lab.model.RetinaNet.from_torchvision` uses it).
 """
@@ -18,8 +20,9 @@ from typing import Optional, Union
 import torch
 import torchvision
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["from_torchvision_keys", "imagenet_weights", "load_backbone_weights"]
+__all__ = ["detector_resnet", "from_torchvision_keys", "imagenet_weights", "load_backbone_weights"]
 
 
 def from_torchvision_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -114,3 +117,22 @@ def load_backbone_weights(resnet: nn.Module, weights: Union[str, os.PathLike, to
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this ResNet: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def detector_resnet(backbone: str, weights: Union[None, str, os.PathLike, torchvision.models.WeightsEnum] = None,
+                    frozen_bn: Optional[bool] = None) -> nn.Module:
+    """torchvision's ResNet ``backbone`` as a detector's backbone.
+
+    With ``weights`` (anything :func:`load_backbone_weights` takes) it is fine-tuned as in the
+    paper's Detectron (§4.1): BatchNorm frozen, the stem and res2 fixed (FREEZE_AT = 2). Without,
+    it trains from scratch with BatchNorm. ``frozen_bn`` overrides the BatchNorm choice: a
+    fine-tuned run rebuilt for its checkpoint is frozen but loads no weights.
+    """
+    frozen = weights is not None if frozen_bn is None else frozen_bn
+    norm = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+    resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=norm)
+    if weights is not None:
+        load_backbone_weights(resnet, weights, backbone)
+        for module in (resnet.conv1, resnet.layer1):
+            module.requires_grad_(False)
+    return resnet

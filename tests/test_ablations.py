@@ -10,7 +10,7 @@ from fl_lab.ablations import (Ablation, AblationResult, check_orderings, figure_
                              table1_base, table1_grid)
 from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, format_claims
 from fl_lab.experiment import RunRecord
-from fl_lab.train import Config
+from fl_lab.train import PRESETS, Config
 
 
 def test_grid_follows_the_paper():
@@ -124,10 +124,21 @@ def test_bases_share_everything_but_size():
     assert fast.log_every == 1  # lesson 06 draws the short run's whole curve
 
 
+def test_pretrained_base_is_the_lessons_regime():
+    pretrained = table1_base(gpu=False, backbone_weights="shapes")
+    lesson = Config(**PRESETS["cpu-pretrained"])
+    assert pretrained.backbone_weights == "shapes" and table1_base(gpu=False).backbone_weights is None
+    # the grid's base is the lessons' preset, logged more often and without mid-run checkpoints
+    assert dataclasses.replace(pretrained, log_every=lesson.log_every, checkpoint_every=lesson.checkpoint_every,
+                               out=lesson.out) == lesson
+    assert table1_base(gpu=True, backbone_weights="w.pt").backbone_weights == "w.pt"
+
+
 def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys):
     from fl_lab import ablations
 
-    monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False: tiny(tmp_path / "base", steps=2))
+    monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False, backbone_weights=None:
+                        tiny(tmp_path / "base", steps=2))
     monkeypatch.setattr(ablations, "table1_grid",
                         lambda fast=False: [ablations.FL_GAMMA_2, ablations.BEST_ALPHA_CE, ablations.NO_PRIOR])
     assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
@@ -160,6 +171,11 @@ def test_command_line_says_what_is_wrong_with_seeds(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--rows", "FL γ=3"])
     assert exit_info.value.code == 2 and "--rows: unknown ['FL γ=3']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        ablations.main(["--backbone-weights", "no/such/weights.pt"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--backbone-weights: no file 'no/such/weights.pt'" in err
+    assert "python -m fl_lab.pretrain" in err and "Traceback" not in err
 
 
 def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):

@@ -70,6 +70,42 @@ def test_loss_reports_fl_lab_keys(data):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector.parameters())
 
 
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A ResNet-18 state dict standing in for the Shapes-pretrained backbone (random, seeded)."""
+    import torchvision
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_faster_rcnn_fine_tunes_the_backbone_retinanet_fine_tunes(resnet18_file):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    saved = torch.load(resnet18_file, weights_only=True)
+    tv = build_torchvision_detector("faster_rcnn", K, SIZE, "resnet18", 64, backbone_weights=resnet18_file)
+    body = tv.backbone.body
+    torch.testing.assert_close(body.conv1.weight, saved["conv1.weight"])
+    torch.testing.assert_close(body.layer3[1].bn2.running_var, saved["layer3.1.bn2.running_var"])
+    assert all(not isinstance(m, torch.nn.BatchNorm2d) for m in tv.backbone.modules())
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    # the paper's fine-tuning: stem and res2 fixed, the rest trains -- exactly as in fl_lab's RetinaNet
+    trainable = {name.split(".")[0] for name, p in body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    retina = RetinaNet(K, "resnet18", fpn_channels=64, backbone_weights=resnet18_file)
+    ours = {k: v for k, v in retina.backbone.body.state_dict().items()}
+    assert {k: v for k, v in body.state_dict().items() if k in ours}.keys() == ours.keys()
+    for key, value in ours.items():
+        torch.testing.assert_close(body.state_dict()[key], value)
+    # rebuilt for a checkpoint: frozen BatchNorm, no file read
+    shell = build_torchvision_detector("faster_rcnn", K, SIZE, "resnet18", 64, frozen_bn=True)
+    assert isinstance(shell.backbone.body.bn1, FrozenBatchNorm2d)
+    with pytest.raises(ValueError, match="ssdlite keeps its own backbone"):
+        build_torchvision_detector("ssdlite", K, SIZE, backbone_weights=resnet18_file)
+
+
 def test_builders_reject_bad_arguments():
     assert set(DETECTORS) == {"faster_rcnn", "ssd300", "ssdlite"}
     with pytest.raises(ValueError, match="kind must be one of"):
@@ -114,7 +150,7 @@ def test_inference_timer_on_fl_lab_retinanet():
     assert ms > 0
 
 
-def test_compare_trains_scores_and_times_every_design(tmp_path):
+def test_compare_trains_scores_and_times_every_design(tmp_path, resnet18_file):
     import dataclasses
 
     from fl_lab.analysis import Claim
@@ -122,11 +158,19 @@ def test_compare_trains_scores_and_times_every_design(tmp_path):
     from fl_lab.compare import PAPER, PAPER_SPEED, check_orderings, compare, compare_base, figure2_points, format_table
     from fl_lab.plots import figure2
 
-    base = dataclasses.replace(compare_base(gpu=False, fast=True), steps=2, warmup=1, train_images=16, val_images=8,
-                               image_size=96)
+    fast, full = compare_base(gpu=False, fast=True), compare_base(gpu=False, fast=False)
+    assert fast.backbone_weights is None and full.backbone_weights == "shapes"  # tests never pretrain
+    assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
+    assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, train_images=fast.train_images,
+                               val_images=fast.val_images, backbone_weights=None) == fast
+    # fine-tuned like the lessons' regime, from a stand-in weights file
+    base = dataclasses.replace(fast, steps=2, warmup=1, train_images=16, val_images=8, image_size=96,
+                               backbone_weights=str(resnet18_file))
     entries = compare(base, tmp_path, retinanet_sizes=(64,), timing_batch=2, progress=False, device="cpu")
     assert [(e.name, e.image_size) for e in entries] == [("RetinaNet (FL)", 96), ("RetinaNet (FL)", 64),
                                                          ("RetinaNet (α-CE)", 96), ("Faster R-CNN", 96), ("SSD", 96)]
+    # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
+    assert [e.runs[0].config["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
     for e in entries:
         assert 0.0 <= e.runs[0].metrics["AP"] <= 1.0 and e.ms_per_image > 0
         assert Path(e.runs[0].out, "metrics.json").is_file() and Path(e.runs[0].out).parent.parent == tmp_path

@@ -53,14 +53,20 @@ def anchor_generator(config: Config) -> AnchorGenerator:
                            aspect_ratios=(1.0,) if config.anchor_ratios == 1 else (0.5, 1.0, 2.0))
 
 
+def backbone_weights_file(config: Config) -> Optional[str]:
+    """The backbone weights ``config`` fine-tunes from: ``backbone_weights`` with ``"shapes"``
+    resolved to its cache file (:func:`fl_lab.pretrain.shapes_weights`, made once); None from scratch."""
+    if config.backbone_weights == "shapes":
+        return str(shapes_weights(config.backbone))
+    return config.backbone_weights
+
+
 def build_model(config: Config, num_classes: int, load_weights: bool = True) -> RetinaNet:
     """The configured RetinaNet, initialised from ``config.seed``. ``backbone_weights="shapes"``:
     the backbone pretrained on Shapes crops (:func:`fl_lab.pretrain.shapes_weights`, made once).
     ``load_weights=False``: the same architecture (frozen BatchNorm if the run fine-tuned), for a
     checkpoint's weights to be loaded into."""
-    weights = config.backbone_weights if load_weights else None
-    if weights == "shapes":
-        weights = shapes_weights(config.backbone)
+    weights = backbone_weights_file(config) if load_weights else None
     torch.manual_seed(config.seed)
     return RetinaNet(num_classes, backbone=config.backbone, fpn_channels=config.fpn_channels,
                      head_convs=config.head_convs, prior=config.prior, head_norm=config.head_norm,
