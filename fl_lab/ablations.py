@@ -143,7 +143,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
-    preset, the lessons' regime (about 2.3 minutes a run), whose runs are the study's pretrained
+    preset, the lessons' regime (about 3 minutes a run), whose runs are the study's pretrained
     one-object row when the file is the study's (``runs/pretrain/resnet18_shapes.pt``).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only

@@ -259,7 +259,7 @@ def _retinanet(base: Config, loss: str) -> Config:
 def _torchvision_model(config: Config, num_classes: int, kind: str, load_weights: bool = True) -> nn.Module:
     """torchvision's ``kind`` as ``config`` trains it, initialised from ``config.seed`` (as
     :func:`fl_lab.train.build_model` does RetinaNet); ``load_weights=False``: the architecture only."""
-    weights = backbone_weights_file(config) if load_weights and config.backbone_weights else None
+    weights = backbone_weights_file(config) if load_weights else None
     torch.manual_seed(config.seed)
     return TorchvisionDetector(build_torchvision_detector(kind, num_classes, config.image_size, config.backbone,
                                                           config.fpn_channels, weights,

@@ -95,10 +95,10 @@ def test_faster_rcnn_fine_tunes_the_backbone_retinanet_fine_tunes(resnet18_file)
     trainable = {name.split(".")[0] for name, p in body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}
     retina = RetinaNet(K, "resnet18", fpn_channels=64, backbone_weights=resnet18_file)
-    ours = {k: v for k, v in retina.backbone.body.state_dict().items()}
-    assert {k: v for k, v in body.state_dict().items() if k in ours}.keys() == ours.keys()
+    ours, theirs = retina.backbone.body.state_dict(), body.state_dict()
+    assert ours.keys() == theirs.keys()
     for key, value in ours.items():
-        torch.testing.assert_close(body.state_dict()[key], value)
+        torch.testing.assert_close(theirs[key], value)
     # rebuilt for a checkpoint: frozen BatchNorm, no file read
     shell = build_torchvision_detector("faster_rcnn", K, SIZE, "resnet18", 64, frozen_bn=True)
     assert isinstance(shell.backbone.body.bn1, FrozenBatchNorm2d)
