@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 
 from .analysis import Claim, SeedStats, compare_seeds
 from .data import collate
-from .experiment import RunRecord, run_seeds, seed_stats
+from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 from .weights import detector_resnet
 
 __all__ = ["DETECTORS", "PAPER", "Entry", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector",
-           "check_orderings", "compare", "compare_base", "figure2_points", "format_table", "inference_ms_per_image"]
+           "check_orderings", "compare", "compare_base", "figure2_points", "format_table", "inference_ms_per_image",
+           "load_results"]
 
 #: The torchvision detectors the comparison knows, with the design each stands for.
 DETECTORS = {
@@ -350,3 +351,78 @@ def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
         Claim.check("RetinaNet is faster than Faster R-CNN at inference (Figure 2)", fl.ms_per_image < frcnn.ms_per_image,
                     f"{fl.ms_per_image:.1f} vs {frcnn.ms_per_image:.1f} ms per image"),
     ]
+
+
+def load_results(path: str | Path) -> list[Entry]:
+    """The entries of a ``compare.json`` written by ``python -m fl_lab.compare --results`` (what lesson 07 reads)."""
+    return [Entry(e["name"], e["design"], e["image_size"], [RunRecord(**run) for run in e["runs"]], e["ms_per_image"])
+            for e in read_results(path, "python -m fl_lab.compare")["entries"]]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m fl_lab.compare``: train lesson 07's detectors over seeds, print the table and the orderings.
+
+    With ``--results DIR`` also writes ``compare.txt``, ``compare.json`` and ``compare.png`` there.
+    Finished runs are read back; inference is timed again on every call, so time it undisturbed.
+    """
+    import argparse
+    import sys
+
+    from . import plots
+    from .analysis import format_claims
+    from .config import fast_mode
+
+    parser = argparse.ArgumentParser(prog="python -m fl_lab.compare", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fast", action="store_true", default=fast_mode(),
+                        help="fast mode's tiny runs (default: on when FL_LAB_FAST is set)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: the GPU budget when CUDA is present, else the CPU one")
+    parser.add_argument("--out", default="runs/compare", help="folder of the runs (finished runs are read back)")
+    parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--sizes", default="", help="comma-separated extra input sizes for RetinaNet (FL), "
+                        "e.g. 96,192: the paper's speed/accuracy curve (default: none)")
+    parser.add_argument("--ssd", default=None, choices=tuple(k for k in DETECTORS if k.startswith("ssd")),
+                        help="which SSD (default: ssdlite on a CPU, ssd300 on a GPU)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}")
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated pixel sizes such as 96,192, got {args.sizes!r}")
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    base = compare_base(gpu=gpu, fast=args.fast)
+    ssd = args.ssd or ("ssd300" if gpu else "ssdlite")
+    start = time.perf_counter()
+    try:
+        entries = compare(base, args.out, sizes, ssd, seeds, device="cuda" if gpu else "cpu")
+    except (ValueError, OSError) as err:  # a repeated seed, an unwritable --out: one line (--debug: the traceback)
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    wall = time.perf_counter() - start
+    device = torch.cuda.get_device_name() if gpu else "CPU"
+    made = sum(run.seconds for e in entries for run in e.runs)
+    claims = check_orderings(entries)
+    text = "\n\n".join([f"{len(entries)} detectors × {len(seeds)} seeds of {base.steps} iterations on {device}: "
+                         f"{made / 60:.0f} min of training and evaluation when the runs were made; "
+                         "inference timed in this call", format_table(entries), format_claims(claims)])
+    print(text)
+    if args.results:
+        folder = Path(args.results)
+        command = "python -m fl_lab.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(folder, "compare", command, text, {
+            "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
+            "entries": [dataclasses.asdict(e) for e in entries], "claims": [dataclasses.asdict(c) for c in claims]})
+        plots.figure2(figure2_points(entries), PAPER_SPEED, title=f"AP against inference time ({device}, "
+                      f"{base.steps} iterations, {len(seeds)} seeds)").savefig(folder / "compare.png", dpi=100)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

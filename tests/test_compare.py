@@ -203,3 +203,55 @@ def test_orderings_are_judged_against_the_seeds_noise():
     assert [c.verdict for c in check_orderings(entries)] == [HOLDS, WITHIN_NOISE, FAILS, HOLDS]
     ties = [entry(n, [0.0, 0.0, 0.0], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
     assert [c.verdict for c in check_orderings(ties)] == [WITHIN_NOISE] * 3 + [FAILS]  # a tie is no win
+
+
+def test_command_line_writes_table_json_and_figure_that_lesson_07_reads(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import json
+
+    from fl_lab import compare
+
+    tiny = dataclasses.replace(compare.compare_base(gpu=False, fast=True), steps=2, warmup=1, train_images=8,
+                               val_images=4, image_size=96)
+    monkeypatch.setattr(compare, "compare_base", lambda gpu, fast: tiny)
+    args = ["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--seeds", "0,1"]
+    assert compare.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 detectors × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
+    saved = json.loads((tmp_path / "res" / "compare.json").read_text())
+    assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
+    assert [e["name"] for e in saved["entries"]] == ["RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"]
+    assert [run["config"]["seed"] for run in saved["entries"][2]["runs"]] == [0, 1]
+    assert saved["entries"][3]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
+    assert len(saved["claims"]) == 4
+    loaded = compare.load_results(tmp_path / "res" / "compare.json")
+    assert compare.format_table(loaded) in printed
+    assert [c.verdict for c in compare.check_orderings(loaded)] == [c["verdict"] for c in saved["claims"]]
+    assert (tmp_path / "res" / "compare.png").stat().st_size > 1000
+    assert (tmp_path / "res" / "compare.txt").read_text().startswith("$ python -m fl_lab.compare --device cpu")
+    with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):
+        compare.load_results(tmp_path / "nothing.json")
+
+
+@pytest.mark.parametrize("args, says", [(["--seeds", "0,one"], "--seeds: expected comma-separated integers"),
+                                         (["--sizes", "96px"], "--sizes: expected comma-separated pixel sizes"),
+                                         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+                                         (["--ssd", "yolo"], "argument --ssd: invalid choice: 'yolo'")])
+def test_command_line_says_what_is_wrong(args, says, capsys):
+    from fl_lab import compare
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and says in err and "Traceback" not in err
+
+
+def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
+    from fl_lab import compare
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:  # a repeated seed is refused before anything trains
+        compare.main(["--fast", "--device", "cpu", "--seeds", "0,0", "--out", str(tmp_path / "runs")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("python -m fl_lab.compare: error:")
+    assert "seeds must be distinct" in lines[0]
