@@ -380,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="auto: the GPU budget when CUDA is present, else the CPU one")
     parser.add_argument("--out", default="runs/compare", help="folder of the runs (finished runs are read back)")
     parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
     parser.add_argument("--sizes", default="", help="comma-separated extra input sizes for RetinaNet (FL), "
                         "e.g. 96,192: the paper's speed/accuracy curve (default: none)")
     parser.add_argument("--ssd", default=None, choices=tuple(k for k in DETECTORS if k.startswith("ssd")),
@@ -388,28 +388,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     try:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else (0, 1, 2))
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}")
     try:
         sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
     except ValueError:
         parser.error(f"--sizes: expected comma-separated pixel sizes such as 96,192, got {args.sizes!r}")
-    gpu = args.device != "cpu" and torch.cuda.is_available()
-    base = compare_base(gpu=gpu, fast=args.fast)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; use --device cpu (or auto)")
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    gpu = cuda and not args.fast  # fast mode's tiny budget on any device, as in lesson 07
+    base = dataclasses.replace(compare_base(gpu=gpu, fast=args.fast), device="cuda" if cuda else "cpu",
+                               out=str(args.out))
     ssd = args.ssd or ("ssd300" if gpu else "ssdlite")
     start = time.perf_counter()
     try:
-        entries = compare(base, args.out, sizes, ssd, seeds, device="cuda" if gpu else "cpu")
+        entries = compare(base, args.out, sizes, ssd, seeds, device=base.device)
     except (ValueError, OSError) as err:  # a repeated seed, an unwritable --out: one line (--debug: the traceback)
         if args.debug:
             raise
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     wall = time.perf_counter() - start
-    device = torch.cuda.get_device_name() if gpu else "CPU"
+    device = torch.cuda.get_device_name() if cuda else "CPU"
     made = sum(run.seconds for e in entries for run in e.runs)
     claims = check_orderings(entries)
-    text = "\n\n".join([f"{len(entries)} detectors × {len(seeds)} seeds of {base.steps} iterations on {device}: "
+    also = f" (RetinaNet also at {', '.join(map(str, sizes))} px)" if sizes else ""
+    text = "\n\n".join([f"4 detectors{also} × {len(seeds)} seeds of {base.steps} iterations on {device}: "
                          f"{made / 60:.0f} min of training and evaluation when the runs were made; "
                          "inference timed in this call", format_table(entries), format_claims(claims)])
     print(text)

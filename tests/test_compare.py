@@ -220,6 +220,7 @@ def test_command_line_writes_table_json_and_figure_that_lesson_07_reads(tmp_path
     assert "4 detectors × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
+    assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
     assert [e["name"] for e in saved["entries"]] == ["RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"]
     assert [run["config"]["seed"] for run in saved["entries"][2]["runs"]] == [0, 1]
     assert saved["entries"][3]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
@@ -250,8 +251,19 @@ def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
     from fl_lab import compare
 
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit) as exit_info:  # a repeated seed is refused before anything trains
-        compare.main(["--fast", "--device", "cpu", "--seeds", "0,0", "--out", str(tmp_path / "runs")])
-    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("python -m fl_lab.compare: error:")
-    assert "seeds must be distinct" in lines[0]
+    for args, says in [(["--seeds", "0,0", "--out", str(tmp_path / "runs")], "seeds must be distinct"),
+                       (["--out", str(tmp_path / "file" / "runs")], "Not a directory")]:  # --out under a file
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main(["--fast", "--device", "cpu", *args])
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert exit_info.value.code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("python -m fl_lab.compare: error:") and says in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+def test_command_line_refuses_cuda_without_a_gpu(capsys):
+    from fl_lab import compare
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--device", "cuda"])
+    assert exit_info.value.code == 2 and "--device cuda: no CUDA device here" in capsys.readouterr().err

@@ -157,11 +157,11 @@ _CPU = dict(image_size=128, train_images=4000, val_images=200, min_objects=1, ma
 
 #: Named starting points; any field can still be overridden on the command line.
 PRESETS: dict[str, dict] = {
-    # The lesson regime (lessons 04-05; results/fl_vs_ce's pretrained 1-object row): fine-tuned from a
+    # The lesson regime (lessons 04-07; results/fl_vs_ce's pretrained 1-object row): fine-tuned from a
     # ResNet-18 pretrained on Shapes crops, as the paper fine-tunes from ImageNet (§4.1; frozen
     # BatchNorm). The weights are made once, in ~12 minutes (python -m fl_lab.pretrain).
     "cpu-pretrained": dict(_CPU, backbone_weights="shapes", out="runs/cpu-pretrained"),
-    # The same from scratch: lesson 06's study base and Table 1 grid, lesson 07.
+    # The same from scratch: lesson 06's study base and its from-scratch Table 1 grid; lesson 07's fast mode.
     "cpu-fast": dict(_CPU, out="runs/cpu-fast"),
     # Shapes at 512 px, ResNet-50-FPN, batch 16, bf16: sized for about 10 minutes on one H100.
     "gpu": dict(image_size=512, train_images=16000, val_images=500, min_object_size=32.0, backbone="resnet50",
