@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 from tqdm.auto import tqdm
 
 from .analysis import NOT_TESTED, Claim, SeedStats, compare_seeds
-from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .experiment import (RunRecord, command_line, parse_seeds, read_results, run_or_exit, run_seeds, seed_stats,
+                         write_results)
 from .train import PRESETS, Config
 
 __all__ = [
@@ -269,7 +270,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (what ``results/`` holds after a GPU run).
     """
     import argparse
-    import sys
 
     from . import plots
     from .analysis import format_claims
@@ -301,10 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if unknown:
             parser.error(f"--rows: unknown {unknown}; choose from {[a.name for a in grid]}")
         grid = [a for a in grid if a.name in wanted]
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else SEEDS)
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}")
+    seeds = parse_seeds(parser, args.seeds, (0,) if args.fast else SEEDS)
 
     import torch
 
@@ -312,12 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = dataclasses.replace(table1_base(gpu=gpu, fast=args.fast, backbone_weights=args.backbone_weights),
                                device=args.device)
     start = time.perf_counter()
-    try:
-        results = run_ablations(grid, base, args.out, seeds)
-    except (ValueError, OSError) as err:  # a bad --device, an unwritable --out: one line (--debug: the traceback)
-        if args.debug:
-            raise
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    results = run_or_exit(parser, args.debug, lambda: run_ablations(grid, base, args.out, seeds))
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if gpu else "CPU"
     made = sum(r.seconds for a in results for r in a.runs)
@@ -327,8 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(text)
     if args.results:
         folder = Path(args.results)
-        command = "python -m fl_lab.ablations " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(folder, "table1", command, text, {
+        write_results(folder, "table1", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
             "rows": [{**dataclasses.asdict(r.ablation), "runs": [dataclasses.asdict(run) for run in r.runs]}
                      for r in results],

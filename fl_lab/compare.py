@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from .analysis import Claim, SeedStats, compare_seeds
 from .data import collate
-from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .experiment import (RunRecord, command_line, parse_seeds, read_results, run_or_exit, run_seeds, seed_stats,
+                         write_results)
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 from .weights import detector_resnet
 
@@ -366,7 +367,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Finished runs are read back; inference is timed again on every call, so time it undisturbed.
     """
     import argparse
-    import sys
 
     from . import plots
     from .analysis import format_claims
@@ -387,10 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="which SSD (default: ssdlite on a CPU, ssd300 on a GPU)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else ((0,) if args.fast else (0, 1, 2))
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {args.seeds!r}")
+    seeds = parse_seeds(parser, args.seeds, (0,) if args.fast else (0, 1, 2))
     try:
         sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
     except ValueError:
@@ -403,12 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                out=str(args.out))
     ssd = args.ssd or ("ssd300" if gpu else "ssdlite")
     start = time.perf_counter()
-    try:
-        entries = compare(base, args.out, sizes, ssd, seeds, device=base.device)
-    except (ValueError, OSError) as err:  # a repeated seed, an unwritable --out: one line (--debug: the traceback)
-        if args.debug:
-            raise
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    entries = run_or_exit(parser, args.debug, lambda: compare(base, args.out, sizes, ssd, seeds, device=base.device))
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if cuda else "CPU"
     made = sum(run.seconds for e in entries for run in e.runs)
@@ -420,8 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(text)
     if args.results:
         folder = Path(args.results)
-        command = "python -m fl_lab.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(folder, "compare", command, text, {
+        write_results(folder, "compare", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
             "entries": [dataclasses.asdict(e) for e in entries], "claims": [dataclasses.asdict(c) for c in claims]})
         plots.figure2(figure2_points(entries), PAPER_SPEED, title=f"AP against inference time ({device}, "

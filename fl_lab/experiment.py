@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 from torch import nn
 
@@ -132,3 +133,30 @@ def read_results(path: str | Path, command: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"results not found: {path} (make them with {command} --results {path.parent})")
     return json.loads(path.read_text())
+
+
+T = TypeVar("T")
+
+
+def parse_seeds(parser, text: Optional[str], default: Sequence[int]) -> tuple[int, ...]:
+    """A CLI's ``--seeds`` ("0,1,2"; None: ``default``); anything else ends the command with one error line."""
+    try:
+        return tuple(int(s) for s in text.split(",")) if text else tuple(default)
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}")
+
+
+def run_or_exit(parser, debug: bool, job: Callable[[], T]) -> T:
+    """``job()`` for a CLI: a ValueError or OSError (a repeated seed, an unwritable ``--out``) ends the
+    command with one ``error:`` line and exit status 2 — with ``--debug``, the traceback instead."""
+    try:
+        return job()
+    except (ValueError, OSError) as err:
+        if debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+def command_line(parser, argv: Optional[Sequence[str]]) -> str:
+    """The command a CLI was called with, as ``results/`` records it (``parser.prog`` and its arguments)."""
+    return f"{parser.prog} " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 from .ablations import (BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, Ablation, ablation_folder, alpha_ce,
                         focal, table1_base)
 from .analysis import Claim, SeedStats, anchor_coverage, compare_seeds, format_claims, loss_cdf, paper_findings
-from .experiment import RunRecord, read_results, run_seeds, seed_stats, write_results
+from .experiment import RunRecord, command_line, read_results, run_or_exit, run_seeds, seed_stats, write_results
 from .pretrain import pretrain_backbone
 from .train import Config, datasets, load_run
 
@@ -335,12 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--sweeps: unknown {sorted(unknown)}; choose from {sorted({r.sweep for r in rows})}")
         rows = [r for r in rows if r.sweep in wanted]
     start = time.perf_counter()
-    try:
-        results = run_study(args.out, rows, seeds=SEEDS)
-    except (ValueError, OSError) as err:  # an unwritable --out, say: one line (--debug: the traceback)
-        if args.debug:
-            raise
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    results = run_or_exit(parser, args.debug, lambda: run_study(args.out, rows, seeds=SEEDS))
     wall = time.perf_counter() - start
     claims = gap_claims(results)
     weights = sorted({r.row.overrides["backbone_weights"] for r in results if "backbone_weights" in r.row.overrides})
@@ -352,8 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(text)
     if args.results:
         folder = Path(args.results)
-        command = "python -m fl_lab.study " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(folder, "study", command, text, {
+        write_results(folder, "study", command_line(parser, argv), text, {
             "wall_s_this_call": wall, "seeds": list(SEEDS), "base": STUDY_BASE, "rows": to_json(results),
             "claims": [dataclasses.asdict(c) for c in claims], "pretrained": pretrained})
         for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr"),
