@@ -25,8 +25,10 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     assert sweeps == {study.REFERENCE, study.IMBALANCE, study.SCHEDULE, study.SPARSE, study.LR, study.SCALE,
                       study.PRETRAINED}
     for r in rows:
-        # one factor (a schedule's length comes with its warm-up); the sparse schedule on the sparsest data
-        factor = {k: v for k, v in r.overrides.items() if not (r.sweep == study.SPARSE and k == "empty_fraction")}
+        # one factor (a schedule's length comes with its warm-up); the sparse schedule on the sparsest
+        # data, the schedule in the lessons' regime (pretrained weights)
+        held = {study.SPARSE: "empty_fraction", study.SCHEDULE: "backbone_weights"}.get(r.sweep)
+        factor = {k: v for k, v in r.overrides.items() if k != held}
         assert len(factor) <= 2 and study.FL in r.arms and study.BEST_CE in r.arms
         for arm in r.arms:
             study.config_of(r, arm, tmp_path)  # every override is a Config field
@@ -57,6 +59,11 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     searched = [r for r in rows if r.sweep == study.PRETRAINED and r.arms == study.SEARCH]
     assert len(searched) == 1 and set(study.SEARCH) == set(reference.arms) - {"CE without prior init"}
     assert searched[0].seeds == study.LESSON_SEEDS and len(study.LESSON_SEEDS) == 5  # the lesson regime: more seeds
+    # the schedule sweep is that regime at 250 / 500 / 1000 iterations; its 500 are that row's runs
+    schedule = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.SCHEDULE]
+    assert [c.steps for c in schedule] == [250, 500, 1000] and [c.warmup for c in schedule] == [25, 50, 100]
+    assert {c.backbone_weights for c in schedule} == {study.PRETRAINED_WEIGHTS}
+    assert schedule[1].out == study.config_of(searched[0], study.FL, tmp_path).out
     # the lessons' cpu-pretrained preset is that row's FL arm (its weights asked for by name, made the same way)
     lesson = Config(**PRESETS["cpu-pretrained"], alpha=0.25)  # α None: the focal loss's own, 0.25, which the arm names
     bookkeeping = {"out", "log_every", "checkpoint_every", "backbone_weights"}
