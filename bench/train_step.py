@@ -14,6 +14,10 @@ recipe's P6: from C5 (fl_lab, the paper) or P5 (torchvision).
     python bench/train_step.py --device cuda      # GPU: ResNet-50, 640 px, batch 16; fp32, bf16, channels_last
     python bench/train_step.py --quick            # 128 px, batch 2: seconds
 
+A second table times fl_lab's whole training loop (:func:`fl_lab.train.train`, 20 steps) when it
+reads the losses back from the device at every step — what the loop did before it deferred
+those reads to its log steps — and when it reads them once per 20 steps, as it does now.
+
 FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
 matrix products of forward and backward); MFU divides them by the step time and a peak.
 """
@@ -35,7 +39,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from fl_lab.data import Batch, Shapes, collate
-from fl_lab.train import build_model, sgd
+from fl_lab.train import PRESETS, Config, TrainSettings, build_model, sgd, train
+from fl_lab.train import train_step as fl_lab_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_parser, device_from, format_table, machine, median_ms, ratio, sync, write_json  # noqa: E402
@@ -110,17 +115,11 @@ def contenders(case: Case, device: torch.device) -> tuple[Batch, dict[str, Conte
 
 
 def train_step(contender: Contender, batch: Batch, bf16: bool) -> Tensor:
-    """One iteration as :func:`fl_lab.train.train` runs it; returns the total loss (a detached scalar).
-
-    The forward pass runs under autocast, the loss outside it (as the training loop does).
-    """
-    model, optimizer = contender.model, contender.optimizer
-    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        output = model(batch.images)
-    losses = model.loss(output, batch.targets, **contender.loss_kwargs)
-    optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    optimizer.step()
+    """One iteration as :func:`fl_lab.train.train` runs it (:func:`fl_lab.train.train_step`: the
+    forward pass under autocast, the loss outside it); returns the total loss (a detached scalar)."""
+    scaler = torch.amp.GradScaler(batch.images.device.type, enabled=False)
+    _, losses = fl_lab_train_step(contender.model, batch, contender.optimizer, scaler, contender.loss_kwargs,
+                                  "bf16" if bf16 else "none")
     return losses["total"].detach()
 
 
@@ -200,6 +199,42 @@ def table(rows: list[dict]) -> str:
         for r in rows])
 
 
+LOOP_STEPS = 20
+
+
+def loop_cases(device: torch.device, quick: bool) -> list[tuple[str, Config]]:
+    """The training loop's rows: the lessons' model (cpu-pretrained's architecture, from scratch so
+    nothing is pretrained first) and, on a GPU, the ``gpu`` preset's."""
+    lessons = Config(**{**PRESETS["cpu-fast"], "workers": 0})
+    if quick:
+        return [("lessons' model, 64 px b2", dataclasses.replace(lessons, image_size=64, batch_size=2))]
+    rows = [("lessons' model, 128 px b8", lessons)]
+    if device.type == "cuda":
+        rows.append(("gpu preset, 512 px b16 bf16", Config(**{**PRESETS["gpu"], "backbone_weights": None})))
+    return rows
+
+
+def measure_loop(name: str, config: Config, device: torch.device, repeats: int, steps: int = LOOP_STEPS) -> dict:
+    """ms per step of :func:`fl_lab.train.train` reading the losses back at every step and once per ``steps``."""
+    data = Shapes(config.batch_size, image_size=config.image_size, num_classes=config.num_classes, seed=0,
+                  min_objects=config.min_objects, max_objects=config.max_objects, min_size=config.min_object_size)
+    batch = collate([data[i] for i in range(config.batch_size)]).to(device)
+    model = build_model(config, data.num_classes).to(device)
+    ms = {}
+    for log_every in (1, steps, 1):  # the first pass warms up
+        settings = TrainSettings(steps=steps, lr=1e-4, warmup=0, amp=config.amp, loss_kwargs=config.loss_kwargs(),
+                                 log_every=log_every)
+        ms[log_every] = median_ms(lambda: train(model, [batch], settings, device, progress=False), device,
+                                  repeats=repeats, warmup=0) / steps
+    return {"case": name, "every_step_ms": ms[1], "every_log_ms": ms[steps], "speedup": ratio(ms[steps], ms[1])}
+
+
+def loop_table(rows: list[dict], steps: int) -> str:
+    return format_table(("training loop", "read back every step ms/step", f"every {steps} steps ms/step",
+                         "speed-up"),
+                        [(r["case"], r["every_step_ms"], r["every_log_ms"], r["speedup"]) for r in rows])
+
+
 def _peak_option(text: str) -> tuple[Optional[str], float]:
     """``989`` (every precision) or ``bf16=989`` / ``fp32=494``."""
     name, _, value = text.rpartition("=")
@@ -232,12 +267,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(machine(device))
     rows = [measure(case, device, args.repeats, peaks[case.precision], args.profile)
             for case in cases(device, args.quick)]
-    # The footnote belongs to the table: run_all.py quotes "table" on its own.
+    loop_steps, loop_repeats = (5, 1) if args.quick else (LOOP_STEPS, min(args.repeats, 3))
+    loop_rows = [measure_loop(name, config, device, loop_repeats, loop_steps) for name, config in
+                 loop_cases(device, args.quick)]
+    # The footnotes belong to the tables: run_all.py quotes "table" on its own.
     text = (f"{table(rows)}\nmedian of {args.repeats} interleaved steps; speed-up = torchvision / fl_lab time. "
-            f"{peak_note}")
+            f"{peak_note}\n\n{loop_table(loop_rows, loop_steps)}\nfl_lab.train.train, {loop_steps} steps on one batch, "
+            f"median of {loop_repeats} runs; speed-up = every-step time / every-{loop_steps}-steps time.")
     print(text)
     payload = {"device": str(device), "quick": args.quick, "repeats": args.repeats, "peaks_tflops": peaks,
-               "table": text, "rows": rows}
+               "table": text, "rows": rows, "loop_rows": loop_rows}
     write_json("train_step", device, payload, results=args.results)
     return payload
 

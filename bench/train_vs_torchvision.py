@@ -155,8 +155,8 @@ def _train_and_evaluate(name: str, model: nn.Module, loss_kwargs: Optional[dict]
     loader = DataLoader(FlipByKey(train_set), batch_sampler=TrainSampler(len(train_set), config.batch_size, config.seed),
                         collate_fn=collate, num_workers=config.workers, pin_memory=device.type == "cuda",
                         persistent_workers=config.workers > 0)
-    history = train(model, loader, config.steps, config.lr, config.warmup, loss_kwargs, device, progress,
-                    momentum=config.momentum, weight_decay=config.weight_decay, amp=config.amp)
+    settings = dataclasses.replace(config.train_settings(), loss_kwargs=loss_kwargs or {})
+    history = train(model, loader, settings, device, progress=progress)
     del loader  # stops its workers before the other model trains
     # Steady-state throughput: images over the summed step times, start-up steps left out.
     timed = history[min(WARMUP_STEPS, len(history) // 2):]

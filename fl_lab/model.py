@@ -327,7 +327,10 @@ class RetinaNet(nn.Module):
         if isinstance(loss_fn, str):
             if loss_fn not in LOSS_FUNCTIONS:
                 raise ValueError(f"loss_fn must be one of {sorted(LOSS_FUNCTIONS)} or a callable, got {loss_fn!r}")
-            loss_fn = LOSS_FUNCTIONS[loss_fn]
+            # The labels come from assign_targets, valid by construction, and non-finite logits are the
+            # training loop's to catch without waiting for the device: skip the loss's own value checks,
+            # each of which reads a tensor back to the host.
+            loss_fn = partial(LOSS_FUNCTIONS[loss_fn], check_values=False)
         cls_logits, box_deltas, anchors = output.cls_logits, output.box_deltas, output.anchors
         assigned = self.assign(output, targets)
         foreground = assigned.foreground  # (B, A)

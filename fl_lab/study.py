@@ -42,7 +42,7 @@ from .ablations import (BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, Ablat
                         focal, table1_base)
 from .analysis import Claim, SeedStats, anchor_coverage, compare_seeds, format_claims, loss_cdf, paper_findings
 from .experiment import RunRecord, command_line, read_results, run_or_exit, run_seeds, seed_stats, write_results
-from .pretrain import pretrain_backbone
+from .pretrain import EARLIER_RECIPE, pretrain_backbone
 from .train import Config, datasets, load_run
 
 __all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained", "format_rows", "gap_claims",
@@ -71,9 +71,9 @@ LESSON_SEEDS = (0, 1, 2, 3, 4)
 SPARSEST = dict(empty_fraction=5 / 6)  # the imbalance sweep's sparsest data: ~540 negatives per positive
 PRETRAINED = "pretrained backbone"
 PRETRAINED_WEIGHTS = "runs/pretrain/resnet18_shapes.pt"
-"""The pretrained-backbone sweep's weights (``python -m fl_lab.pretrain --out`` this file, default
-settings — the lessons' ``"shapes"`` cache file is made the same way); :func:`run_study` makes them
-when they are missing."""
+"""The pretrained-backbone sweep's weights, made with :data:`fl_lab.pretrain.EARLIER_RECIPE` — the
+backbone the committed results/fl_vs_ce was measured with (``python -m fl_lab.pretrain --steps 1500
+--lr 0.001 --dense-weight 0 --out`` this file); :func:`run_study` makes them when they are missing."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +159,12 @@ def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequ
               base: Optional[dict] = None, progress: bool = True) -> list[RowResult]:
     """Run (or read back) every arm of every row over ``seeds``; runs shared by rows are made once.
     A row's ``backbone_weights`` file is made first (:func:`fl_lab.pretrain.pretrain_backbone`,
-    its default settings) if it does not exist."""
+    :data:`fl_lab.pretrain.EARLIER_RECIPE`) if it does not exist."""
     results = []
     for row in tqdm(list(rows if rows is not None else study_rows()), desc="study rows", disable=not progress):
         weights = row.overrides.get("backbone_weights")
         if weights is not None and not Path(weights).exists():
-            pretrain_backbone(weights, progress=progress)
+            pretrain_backbone(weights, progress=progress, **EARLIER_RECIPE)
         runs = {arm: run_seeds(config_of(row, arm, out, base), row.seeds or seeds, progress=False) for arm in row.arms}
         results.append(RowResult(row, runs, measure_imbalance(config_of(row, row.arms[0], out, base))))
     return results

@@ -22,7 +22,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["detector_resnet", "from_torchvision_keys", "imagenet_weights", "load_backbone_weights"]
+__all__ = ["cached_imagenet_weights", "detector_resnet", "from_torchvision_keys", "imagenet_weights",
+           "load_backbone_weights"]
 
 
 def from_torchvision_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -64,6 +65,13 @@ def _imagenet_url(backbone: str) -> str:
     if backbone not in _IMAGENET:
         raise ValueError(f"no ImageNet weights for backbone {backbone!r}; choose one of {sorted(_IMAGENET)}")
     return getattr(torchvision.models, _IMAGENET[backbone]).IMAGENET1K_V1.url
+
+
+def cached_imagenet_weights(backbone: str) -> Optional[Path]:
+    """torchvision's ImageNet weights file of ``backbone`` if the torch hub cache holds it, else None
+    (nothing is fetched: an offline machine can ask safely)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet_url(backbone))
+    return path if path.is_file() else None
 
 
 def imagenet_weights(backbone: str, url: Optional[str] = None, progress: bool = True) -> Path:

@@ -37,6 +37,9 @@ def test_main_quick_writes_rows_and_json(bench, tmp_path, capsys):
     assert math.isclose(row["speedup"], row["torchvision_ms"] / row["fl_lab_ms"])
     # The same backbone, FPN and heads: the FLOPs differ only by P6's input (C5 or P5).
     assert math.isclose(row["fl_lab_gflop"], row["torchvision_gflop"], rel_tol=0.01)
+    (loop,) = payload["loop_rows"]  # the training loop reading back every step, and every 20
+    assert loop["every_step_ms"] > 0 and loop["every_log_ms"] > 0
+    assert math.isclose(loop["speedup"], loop["every_step_ms"] / loop["every_log_ms"])
     saved = json.loads((tmp_path / "train_step_cpu.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"])) and saved["table"] == payload["table"]
     out = capsys.readouterr().out

@@ -52,3 +52,30 @@ def test_claims_check_their_verdict_and_format():
         Claim("x", "probably", "d")
     text = format_claims([Claim.check("one", True, "1 vs 0"), compare_seeds("two", [0.1, 0.3], [0.2, 0.2])])
     assert text.splitlines() == ["one: holds — 1 vs 0", text.splitlines()[1]] and "two: within noise" in text
+
+
+def test_t_critical_values_match_the_tables():
+    from fl_lab.analysis import t_critical
+
+    # two-sided 95 % (the 0.975 quantile) from printed tables of Student's t
+    for df, value in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert t_critical(df) == pytest.approx(value, abs=5e-4)
+    for df, value in ((60, 2.0003), (120, 1.9799), (1000, 1.9623)):  # beyond the table: the approximation
+        assert t_critical(df) == pytest.approx(value, abs=2e-3)
+    with pytest.raises(ValueError, match="degrees of freedom must be an integer >= 1, got 0"):
+        t_critical(0)
+
+
+def test_paired_difference_is_judged_on_the_differences_seed_by_seed():
+    from fl_lab.analysis import paired_difference
+
+    d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.5, 2.0])  # differences 1, 1.5, 1
+    assert d.differences == (1.0, 1.5, 1.0) and d.mean == pytest.approx(7 / 6)
+    sem = math.sqrt(((1 - 7 / 6) ** 2 * 2 + (1.5 - 7 / 6) ** 2) / 2) / math.sqrt(3)
+    assert d.sem == pytest.approx(sem)
+    assert (d.low, d.high) == pytest.approx((7 / 6 - 4.303 * sem, 7 / 6 + 4.303 * sem))
+    # a shared seed effect cancels: large spread in each arm, a steady difference between them
+    steady = paired_difference([10.0, 50.0, 90.0], [9.0, 49.2, 88.9])
+    assert steady.low > 0
+    with pytest.raises(ValueError, match="the same number of seeds, at least 2"):
+        paired_difference([1.0, 2.0], [1.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from fl_lab.train import Config, load_checkpoint, main, read_log
-from fl_lab.train.loop import train
+from fl_lab.train.loop import TrainSettings, train
 
 TINY = ["--image-size", "64", "--train-images", "16", "--val-images", "4", "--num-classes", "2", "--fpn-channels", "32",
         "--head-convs", "1", "--batch-size", "2", "--workers", "0", "--min-object-size", "16", "--device", "cpu",
@@ -195,10 +196,11 @@ def test_resume_continues_a_random_transform_exactly(tmp_path):
                                            collate_fn=collate)
 
     torch.manual_seed(1)
-    full = train(model(), loader(), 6, warmup=1, progress=False, device="cpu", out=tmp_path / "a")
+    settings = TrainSettings(steps=6, warmup=1, log_every=1)
+    full = train(model(), loader(), settings, "cpu", progress=False, out=tmp_path / "a")
     torch.manual_seed(1)
-    train(model(), loader(), 6, warmup=1, progress=False, device="cpu", out=tmp_path / "b", stop_after=3)
+    train(model(), loader(), dataclasses.replace(settings, stop_after=3), "cpu", progress=False, out=tmp_path / "b")
     torch.manual_seed(123)  # a fresh process: another global RNG state before resuming
-    rest = train(model(), loader(start_step=3), 6, warmup=1, progress=False, device="cpu", out=tmp_path / "b",
+    rest = train(model(), loader(start_step=3), settings, "cpu", progress=False, out=tmp_path / "b",
                  resume_from=load_checkpoint(tmp_path / "b" / "last.pt"))
     assert [r["total"] for r in rest] == [r["total"] for r in full[3:]]

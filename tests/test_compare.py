@@ -12,7 +12,7 @@ from fl_lab.compare import DETECTORS, ImagesOnly, TorchvisionDetector, build_tor
 from fl_lab.data import Shapes, collate
 from fl_lab.evaluate import evaluate, predict
 from fl_lab.model import RetinaNet
-from fl_lab.train import train
+from fl_lab.train import TrainSettings, train
 
 torch.set_grad_enabled(True)
 SIZE, K = 128, 3
@@ -28,7 +28,7 @@ def test_detector_trains_with_fl_lab_loop_and_is_scored_by_fl_lab_evaluation(kin
     torch.manual_seed(0)
     detector = TorchvisionDetector(build_torchvision_detector(kind, K, SIZE))
     loader = DataLoader(data, batch_size=4, collate_fn=collate)
-    history = train(detector, loader, steps=2, lr=0.001, warmup=0, progress=False, device="cpu")
+    history = train(detector, loader, TrainSettings(steps=2, lr=0.001, warmup=0), "cpu", progress=False)
     assert len(history) == 2 and all(math.isfinite(row["total"]) and row["cls"] > 0 for row in history)
     # The documented detection format, in fl_lab's label space and the image's pixels.
     detections = predict(detector, data, batch_size=4, progress=False, score_thresh=0.0)

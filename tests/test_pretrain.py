@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fl_lab.model import RetinaNet
-from fl_lab.pretrain import crops, main, pretrain_backbone
+from fl_lab.pretrain import RECIPE, ShapesClassifier, cell_labels, crops, main, pretrain_backbone
 
 
 def test_crops_hold_one_object_of_a_quarter_to_three_quarters_of_the_side():
@@ -19,17 +19,55 @@ def test_crops_hold_one_object_of_a_quarter_to_three_quarters_of_the_side():
     assert len(sides) >= 18 and min(sides) >= 0.2 * 64 and max(sides) <= 0.8 * 64
 
 
+def test_cell_labels_name_the_smallest_box_over_each_cell_centre():
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [8.0, 8.0, 24.0, 24.0], [48.0, 0.0, 64.0, 64.0]])
+    labels = torch.tensor([2, 0, 4])
+    cells = cell_labels(boxes, labels, image_size=64, stride=16, background=5)
+    # centres at 8, 24, 40, 56: written out by hand, row by row (y), column by column (x)
+    assert cells.tolist() == [[0, 2, 5, 4],   # y = 8: (8, 8) lies in boxes 0 and 1: the smaller one, class 0
+                              [2, 2, 5, 4],   # y = 24: x = 24 is on box 1's right edge (outside) but in box 0
+                              [5, 5, 5, 4],   # y = 40: on box 0's bottom edge, outside
+                              [5, 5, 5, 4]]
+    empty = cell_labels(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), image_size=64, stride=32, background=5)
+    assert empty.tolist() == [[5, 5], [5, 5]]
+
+
+@pytest.mark.parametrize("backbone, width", [("resnet18", 1), ("resnet50", 4)])
+def test_the_classifier_labels_the_image_and_every_cell_of_c3_to_c5(backbone, width):
+    model = ShapesClassifier(backbone, num_classes=5).eval()
+    with torch.no_grad():
+        image_logits, cells = model(torch.rand(2, 3, 64, 64))
+    assert image_logits.shape == (2, 5)
+    assert [tuple(c.shape) for c in cells] == [(2, 6, 8, 8), (2, 6, 4, 4), (2, 6, 2, 2)]
+    assert [head.in_channels for head in model.cells] == [128 * width, 256 * width, 512 * width]
+
+
 def test_pretrained_weights_load_into_retinanet(tmp_path):
-    summary = pretrain_backbone(tmp_path / "r18.pt", steps=2, batch_size=4, image_size=64, workers=0, progress=False)
-    assert summary["steps"] == 2 and 0 <= summary["held_out_accuracy"] <= 1
+    summary = pretrain_backbone(tmp_path / "r18.pt", steps=2, batch_size=4, image_size=64, workers=0, progress=False,
+                                device="cpu")
+    assert summary["steps"] == 2 and summary["dense_weight"] == RECIPE["dense_weight"]
+    assert 0 <= summary["held_out_accuracy"] <= 1
     assert json.loads((tmp_path / "r18.pt.json").read_text())["backbone"] == "resnet18"
     saved = torch.load(tmp_path / "r18.pt", weights_only=True)
+    assert not any(key.startswith("cells") for key in saved)  # only the ResNet is kept
     model = RetinaNet(5, backbone="resnet18", fpn_channels=32, head_convs=1, backbone_weights=tmp_path / "r18.pt")
     assert torch.equal(model.backbone.body.layer2[0].conv1.weight, saved["layer2.0.conv1.weight"])
-    with pytest.raises(ValueError, match="steps"):
-        pretrain_backbone(tmp_path / "x.pt", steps=0)
+    for bad, message in ((dict(steps=0), "steps >= 1"), (dict(dense_weight=-1.0), "dense_weight >= 0"),
+                         (dict(image_size=48), "image_size must be a multiple of 32")):
+        with pytest.raises(ValueError, match=message):
+            pretrain_backbone(tmp_path / "x.pt", **bad)
     with pytest.raises(SystemExit):
         main(["--steps", "-1", "--out", str(tmp_path / "y.pt")])
+
+
+def test_the_cell_labels_change_what_the_resnet_learns(tmp_path):
+    """The same seed, data and steps with and without the cell labels: only their loss differs."""
+    common = dict(steps=2, batch_size=4, workers=0, progress=False, device="cpu")
+    pretrain_backbone(tmp_path / "plain.pt", dense_weight=0.0, **common)
+    pretrain_backbone(tmp_path / "cells.pt", **common)
+    plain, cells = (torch.load(tmp_path / f, weights_only=True) for f in ("plain.pt", "cells.pt"))
+    assert not torch.equal(plain["layer3.0.conv1.weight"], cells["layer3.0.conv1.weight"])
+    assert not torch.equal(plain["conv1.weight"], cells["conv1.weight"])  # their gradient reaches the stem
 
 
 def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name(tmp_path, monkeypatch):
@@ -39,29 +77,39 @@ def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     made = []
 
-    def quick(out, backbone, progress):  # a 2-step stand-in for the 12-minute default
+    def quick(out, backbone, progress, device, **recipe):  # a 2-step stand-in for the recipe
+        assert recipe == RECIPE
         made.append(out)
-        return pretrain_backbone(out, backbone, steps=2, batch_size=4, workers=0, progress=False)
+        return pretrain_backbone(out, backbone, steps=2, batch_size=4, workers=0, progress=False, device=device)
 
     monkeypatch.setattr(pretrain, "pretrain_backbone", quick)
     path = pretrain.shapes_weights("resnet18", progress=False)
-    assert path == tmp_path / "hub" / "checkpoints" / "fl_lab_resnet18_shapes.pt" and path.is_file()
+    assert path.parent == tmp_path / "hub" / "checkpoints" and path.is_file()
+    assert path.name.startswith("fl_lab_resnet18_shapes-") and path.suffix == ".pt"
     assert pretrain.shapes_weights("resnet18", progress=False) == path and made == [path]  # made once, then read
     config = Config(backbone="resnet18", fpn_channels=32, head_convs=1, backbone_weights="shapes")
     model = build_model(config, 5)
     saved = torch.load(path, weights_only=True)
     assert torch.equal(model.backbone.body.layer3[1].conv2.weight, saved["layer3.1.conv2.weight"])
     assert not model.backbone.body.conv1.weight.requires_grad  # fine-tuned as from ImageNet: stem fixed
+    # "pretrained" takes ImageNet's file when the cache holds one, else this one; it never downloads
+    assert build_model(Config(**{**vars(config), "backbone_weights": "pretrained"}), 5) is not None and made == [path]
+    # another recipe is another file: a cached backbone of an older or shorter recipe is never taken for this one
+    assert pretrain.shapes_weights_path("resnet18", steps=RECIPE["steps"] + 1) != path
+    assert pretrain.shapes_weights_path("resnet18", **RECIPE) == path
+    with pytest.raises(ValueError, match=r"unknown recipe settings \['epochs'\]"):
+        pretrain.shapes_weights_path("resnet18", epochs=3)
     # a checkpoint's architecture without its weights file: frozen BatchNorm, nothing made or read
     path.unlink()
     bare = build_model(config, 5, load_weights=False)
     assert type(bare.backbone.body.bn1) is type(model.backbone.body.bn1) and not path.exists() and len(made) == 1
 
 
-def test_the_command_line_writes_into_the_cache_by_default(tmp_path, monkeypatch, capsys):
+def test_the_command_line_writes_into_the_cache_under_its_recipe_by_default(tmp_path, monkeypatch, capsys):
     import fl_lab.pretrain as pretrain
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert main(["--steps", "2", "--batch-size", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 2
-    assert pretrain.shapes_weights_path("resnet18").is_file()
+    assert pretrain.shapes_weights_path("resnet18", steps=2, batch_size=4).is_file()
+    assert not pretrain.shapes_weights_path("resnet18").exists()  # the default recipe's file is another

@@ -119,8 +119,8 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
             + [study.Row(study.PRETRAINED, study.ONE_OBJECT, {"backbone_weights": str(weights)}, seeds=(0, 1, 2))])
     monkeypatch.setattr(study, "study_rows", lambda: rows)
     real_pretrain = study.pretrain_backbone
-    monkeypatch.setattr(study, "pretrain_backbone", lambda out, progress: real_pretrain(
-        out, steps=2, batch_size=4, workers=0, progress=progress))
+    monkeypatch.setattr(study, "pretrain_backbone", lambda out, progress, **recipe: real_pretrain(
+        out, **{**recipe, "steps": 2, "batch_size": 4}, workers=0, progress=progress))
     assert study.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
     printed = capsys.readouterr().out
     assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed
@@ -128,6 +128,7 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     assert [r["label"] for r in saved["rows"]] == [study.ONE_OBJECT, "1 object", "sparse", "3 iterations", study.ONE_OBJECT]
     assert saved["rows"][4]["arms"][study.FL][0]["config"]["backbone_weights"] == str(weights)
     assert saved["pretrained"][str(weights)]["steps"] == 2  # how the backbone was made, kept with the results
+    assert saved["pretrained"][str(weights)]["dense_weight"] == 0.0  # the earlier recipe, as committed
     assert f"pretrained backbone {weights}: resnet18, 2 iterations of 4 Shapes crops at 64 px (seed 0)" in printed
     assert saved["rows"][2]["imbalance"] > saved["rows"][1]["imbalance"]  # empty images: more negatives per positive
     arm = saved["rows"][1]["arms"][study.FL]

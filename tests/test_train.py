@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from fl_lab.data import Shapes, collate
 from fl_lab.model import RetinaNet
-from fl_lab.train import (PRESETS, Config, Diverged, build_model, config_from_args, datasets, load_checkpoint, load_run, lr_multiplier, main,
+from fl_lab.train import (PRESETS, Config, Diverged, TrainSettings, build_model, config_from_args, datasets, load_checkpoint,
+                          load_run, lr_multiplier, main,
                           read_log, run, train)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_training_reduces_the_loss_on_a_small_shapes_subset():
             return model.loss(model(batch.images), batch.targets)
 
     before = loss_on_batch()
-    history = train(model, [batch], steps=60, lr=0.01, warmup=5, progress=False)
+    history = train(model, [batch], TrainSettings(steps=60, lr=0.01, warmup=5), progress=False)
     after = loss_on_batch()
     assert len(history) == 60 and history[0]["lr"] == pytest.approx(0.01 / 3)
     assert set(history[0]) >= {"step", "lr", "cls", "box", "total", "num_foreground", "images_per_s"}
@@ -102,10 +102,15 @@ def test_divergence_stops_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
-def test_train_rejects_bad_lr():
-    data = Shapes(4, image_size=64, num_classes=3)
-    with pytest.raises(ValueError, match="lr"):
-        train(tiny_model(), DataLoader(data, batch_size=4, collate_fn=collate), steps=1, lr=0.0, progress=False)
+def test_train_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="lr must be positive, got 0.0"):
+        TrainSettings(steps=1, lr=0.0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        TrainSettings(steps=0)
+    with pytest.raises(ValueError, match="amp must be one of none, bf16, fp16, got 'fp8'"):
+        TrainSettings(steps=1, amp="fp8")
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1"):
+        TrainSettings(steps=1, log_every=0)
 
 
 class Arbitrary:
@@ -138,19 +143,22 @@ def test_config_loss_kwargs_pass_their_parameters():
     from fl_lab.loss import balanced_cross_entropy, focal_loss, focal_loss_star
     from fl_lab.ohem import ohem_loss
 
+    off = {"check_values": False}  # the training loop checks for NaN itself, without a sync per step
     kw = Config(loss_fn="focal", gamma=1.0, alpha=0.5).loss_kwargs()
-    assert kw["loss_fn"].func is focal_loss and kw["loss_fn"].keywords == {"gamma": 1.0, "alpha": 0.5}
+    assert kw["loss_fn"].func is focal_loss and kw["loss_fn"].keywords == {"gamma": 1.0, "alpha": 0.5, **off}
     kw = Config(loss_fn="ce", alpha=0.3).loss_kwargs()["loss_fn"]
-    assert kw.func is balanced_cross_entropy and kw.keywords == {"alpha": None}  # plain CE ignores α
+    assert kw.func is balanced_cross_entropy and kw.keywords == {"alpha": None, **off}  # plain CE ignores α
     # α left unset: each loss keeps its own default, the paper's best (focal 0.25, α-balanced CE 0.75)
     for name, fn in (("focal", focal_loss), ("balanced_ce", balanced_cross_entropy), ("focal_star", focal_loss_star)):
         kw = Config(loss_fn=name).loss_kwargs()["loss_fn"]
         assert kw.func is fn and "alpha" not in kw.keywords
     assert inspect.signature(balanced_cross_entropy).parameters["alpha"].default == 0.75
-    assert Config(loss_fn="balanced_ce", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"alpha": 0.5}
-    assert Config(loss_fn="focal_star", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"gamma": 2.0, "alpha": 0.5}
+    assert Config(loss_fn="balanced_ce", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"alpha": 0.5, **off}
+    assert Config(loss_fn="focal_star", alpha=0.5).loss_kwargs()["loss_fn"].keywords == {"gamma": 2.0, "alpha": 0.5,
+                                                                                           **off}
     kw = Config(loss_fn="ohem", ohem_batch=256, ohem_nms=0.7, ohem_max_pos_fraction=0.25).loss_kwargs()["loss_fn"]
-    assert kw.func is ohem_loss and kw.keywords == {"batch_size": 256, "nms_thresh": 0.7, "max_pos_fraction": 0.25}
+    assert kw.func is ohem_loss and kw.keywords == {"batch_size": 256, "nms_thresh": 0.7, "max_pos_fraction": 0.25,
+                                                    **off}
 
 
 def test_cli_presets_overrides_and_resume_rules(tmp_path):

@@ -10,16 +10,16 @@ the loss CDF of Figure 4, and whether results bear out a claim.
 """
 
 from .cdf import CDF_KINDS, HARDEST_FRACTIONS, LossCDF, Reservoir, cumulative_loss, hardest_share, loss_cdf, paper_findings
-from .claims import (FAILS, HOLDS, NOT_TESTED, VERDICTS, WITHIN_NOISE, Claim, SeedStats, compare_seeds,
-                     format_claims)
+from .claims import (FAILS, HOLDS, NOT_TESTED, VERDICTS, WITHIN_NOISE, Claim, PairedDifference, SeedStats,
+                     compare_seeds, format_claims, paired_difference, t_critical)
 from .coverage import AnchorCoverage, anchor_coverage
 from .shares import (ASSIGNMENT_KINDS, GROUPS, PRIOR_LOGIT, GroupLoss, LossSetting, compare_losses, count_assignments,
                      format_shares, loss_shares, simulate_anchor_batch)
 
 __all__ = [
     "ASSIGNMENT_KINDS", "CDF_KINDS", "FAILS", "GROUPS", "HARDEST_FRACTIONS", "HOLDS", "NOT_TESTED", "PRIOR_LOGIT",
-    "VERDICTS", "WITHIN_NOISE", "AnchorCoverage", "Claim", "GroupLoss", "LossCDF", "LossSetting", "Reservoir",
-    "SeedStats", "anchor_coverage", "compare_losses", "compare_seeds", "count_assignments", "cumulative_loss",
-    "format_claims", "format_shares", "hardest_share", "loss_cdf", "loss_shares", "paper_findings",
-    "simulate_anchor_batch",
+    "VERDICTS", "WITHIN_NOISE", "AnchorCoverage", "Claim", "GroupLoss", "LossCDF", "LossSetting", "PairedDifference",
+    "Reservoir", "SeedStats", "anchor_coverage", "compare_losses", "compare_seeds", "count_assignments",
+    "cumulative_loss", "format_claims", "format_shares", "hardest_share", "loss_cdf", "loss_shares",
+    "paired_difference", "paper_findings", "simulate_anchor_batch", "t_critical",
 ]

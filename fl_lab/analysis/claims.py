@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-__all__ = ["FAILS", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "SeedStats", "compare_seeds",
-           "format_claims"]
+__all__ = ["FAILS", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "PairedDifference", "SeedStats",
+           "compare_seeds", "format_claims", "paired_difference", "t_critical"]
 
 HOLDS, FAILS, WITHIN_NOISE, NOT_TESTED = "holds", "does NOT hold", "within noise", "not tested"
 VERDICTS = (HOLDS, FAILS, WITHIN_NOISE, NOT_TESTED)
@@ -90,6 +90,44 @@ def compare_seeds(text: str, a: Sequence[float], b: Sequence[float], margin: flo
     diff, se = sa.mean - sb.mean, math.sqrt(sa.sem ** 2 + sb.sem ** 2)
     verdict = HOLDS if diff > margin * se else FAILS if diff < -margin * se else WITHIN_NOISE
     return Claim(text, verdict, f"{numbers}; difference {scale * diff:+.1f} ± {scale * se:.1f} (standard error)")
+
+
+# Two-sided 95 % critical values of Student's t for 1-30 degrees of freedom (any statistics table).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_critical(df: int) -> float:
+    """The two-sided 95 % critical value of Student's t with ``df`` degrees of freedom (≥ 1);
+    beyond 30, the normal value with the first Cornish-Fisher correction (error < 0.002)."""
+    if not isinstance(df, int) or df < 1:
+        raise ValueError(f"degrees of freedom must be an integer >= 1, got {df!r}")
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """a − b over runs that share their seeds: the mean per-seed difference, its standard error
+    and the two-sided 95 % t interval (n − 1 degrees of freedom)."""
+
+    differences: tuple[float, ...]
+    mean: float
+    sem: float
+    low: float
+    high: float
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifference:
+    """Compare two arms run on the same seeds, seed by seed (``a[i]`` and ``b[i]`` share seed i):
+    the seed's data, weights and validation set cancel out of each difference."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired values need the same number of seeds, at least 2, got {len(a)} and {len(b)}")
+    d = SeedStats(tuple(x - y for x, y in zip(a, b)))
+    half = t_critical(d.n - 1) * d.sem
+    return PairedDifference(d.values, d.mean, d.sem, d.mean - half, d.mean + half)
 
 
 def format_claims(claims: Sequence[Claim]) -> str:

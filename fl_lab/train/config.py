@@ -10,6 +10,7 @@ from functools import partial
 from typing import Optional
 
 from ..model import LOSS_FUNCTIONS
+from .loop import TrainSettings
 
 __all__ = ["PRESETS", "Config"]
 
@@ -42,7 +43,8 @@ class Config:
     head_norm: Optional[str] = _opt(None, "None or gn (GroupNorm in the heads)")
     backbone_weights: Optional[str] = _opt(None, "pretrained weights for the ResNet: imagenet (torchvision's, downloaded "
                                            "once into the torch hub cache), shapes (pretrained on Shapes crops, made "
-                                           "once into that cache: python -m fl_lab.pretrain) or a file (none: from "
+                                           "once into that cache: python -m fl_lab.pretrain), pretrained (imagenet if "
+                                           "the cache holds it, else shapes; never downloads) or a file (none: from "
                                            "scratch)")
     prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
     anchor_scales: int = _opt(3, "anchor scales per level, 2^(k/n) for k < n (paper: 3; Table 1c tries 1-4)")
@@ -143,31 +145,40 @@ class Config:
             "ohem": dict(batch_size=self.ohem_batch, nms_thresh=self.ohem_nms,
                          max_pos_fraction=self.ohem_max_pos_fraction),
         }[self.loss_fn]
-        fn = partial(LOSS_FUNCTIONS[self.loss_fn], **params)
+        # check_values=False: the training loop checks for non-finite values itself, at its log steps,
+        # instead of the loss reading its inputs back to the host at every step (see RetinaNet.loss).
+        fn = partial(LOSS_FUNCTIONS[self.loss_fn], **params, check_values=False)
         return {"loss_fn": fn, "box_loss": self.box_loss, "normalize": self.normalize, "cls_weight": self.cls_weight}
+
+    def train_settings(self) -> TrainSettings:
+        """What :func:`fl_lab.train.loop.train` needs of this configuration."""
+        return TrainSettings(steps=self.steps, lr=self.lr, warmup=self.warmup, momentum=self.momentum,
+                             weight_decay=self.weight_decay, amp=self.amp, loss_kwargs=self.loss_kwargs(),
+                             log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                             stop_after=self.stop_after)
 
 
 # Shapes at 128 px, one object of 32-96 px per image (every object has an anchor with IoU >= 0.5;
-# ~90 negative anchors per positive), a small ResNet-18-FPN with GroupNorm heads, 500 iterations:
-# about 3.5 minutes on two CPU cores. detectron2's running-average normaliser: the study's sparser
-# data has batches without objects.
+# ~90 negative anchors per positive), a small ResNet-18-FPN with GroupNorm heads, 500 iterations.
+# detectron2's running-average normaliser: the study's sparser data has batches without objects.
 _CPU = dict(image_size=128, train_images=4000, val_images=200, min_objects=1, max_objects=1, min_object_size=32.0,
             backbone="resnet18", fpn_channels=64, head_convs=2, head_norm="gn", batch_size=8, steps=500, lr=0.02,
             warmup=50, normalize="ema", workers=1, checkpoint_every=100)
 
 #: Named starting points; any field can still be overridden on the command line.
 PRESETS: dict[str, dict] = {
-    # The lesson regime (lessons 04-07; results/fl_vs_ce's pretrained 1-object row): fine-tuned from a
-    # ResNet-18 pretrained on Shapes crops, as the paper fine-tunes from ImageNet (§4.1; frozen
-    # BatchNorm). The weights are made once, in ~12 minutes (python -m fl_lab.pretrain).
+    # The lesson regime (lessons 04-07): fine-tuned from a ResNet-18 pretrained on Shapes crops, as the
+    # paper fine-tunes from ImageNet (§4.1; frozen BatchNorm). The weights are made once into the torch
+    # hub cache (fl_lab.pretrain; results/pretrain has the times).
     "cpu-pretrained": dict(_CPU, backbone_weights="shapes", out="runs/cpu-pretrained"),
-    # The same from scratch: lesson 06's study base and its from-scratch Table 1 grid; lesson 07's fast mode.
+    # The same from scratch: lesson 06's from-scratch study; tests and fast modes (nothing to pretrain).
     "cpu-fast": dict(_CPU, out="runs/cpu-fast"),
-    # Shapes at 512 px, ResNet-50-FPN, batch 16, bf16: sized for about 10 minutes on one H100.
+    # Shapes at 512 px, ResNet-50-FPN, batch 16, bf16, fine-tuned as the lessons are: from ImageNet
+    # weights when the torch hub cache holds them, else from a ResNet-50 pretrained on Shapes crops
+    # (made on the machine first; seconds on a GPU).
     "gpu": dict(image_size=512, train_images=16000, val_images=500, min_object_size=32.0, backbone="resnet50",
-                fpn_channels=256,
-                head_convs=4, batch_size=16, steps=3000, lr=0.01, warmup=300, amp="bf16", workers=12,
-                checkpoint_every=500, log_every=20, out="runs/gpu"),
+                backbone_weights="pretrained", fpn_channels=256, head_convs=4, batch_size=16, steps=3000, lr=0.01,
+                warmup=300, amp="bf16", workers=12, checkpoint_every=500, log_every=20, out="runs/gpu"),
     # The paper's recipe on COCO 2017 (train2017 / val2017): 90k iterations at batch 16, fine-tuning
     # an ImageNet-pretrained ResNet-50 (fetched once into the torch hub cache).
     "coco": dict(dataset="coco", data_root="data/coco", image_size=800, max_size=1333, backbone="resnet50",

@@ -8,16 +8,18 @@ import math
 import os
 import pickle
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["Diverged", "load_checkpoint", "lr_multiplier", "read_log", "sgd", "train"]
+__all__ = ["AMP", "Diverged", "TrainSettings", "load_checkpoint", "lr_multiplier", "read_log", "sgd", "train",
+           "train_step"]
 
 
 class Diverged(FloatingPointError):
@@ -49,27 +51,81 @@ def lr_multiplier(step: int, total: int, warmup: int = 500, warmup_factor: float
     return factor * 0.1 ** sum(step >= m * total for m in (2 / 3, 8 / 9))
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :func:`train` trains: the schedule (§4.1), mixed precision, the loss and the bookkeeping.
+
+    steps, lr, warmup, momentum, weight_decay: SGD and its schedule (see :func:`lr_multiplier`).
+    amp: "none", "bf16" (autocast) or "fp16" (autocast and a gradient scaler).
+    loss_kwargs: passed to the model's ``loss`` (``loss_fn``, ``normalize``, …).
+    log_every: read the losses back from the device, check them and append a row to ``log.jsonl``
+        every this many steps (the device is not waited on in between).
+    checkpoint_every: write ``last.pt`` every this many steps (0: only at the end).
+    stop_after: stop after this step (a checkpoint is written); resume later.
+    deadline: a ``time.monotonic()`` time: stop at the first log step past it, with a checkpoint
+        (a wall-clock budget, as ``python -m fl_lab.gpu_check`` sets; None: no limit).
+    """
+
+    steps: int
+    lr: float = 0.01
+    warmup: int = 500
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    amp: str = "none"
+    loss_kwargs: dict = field(default_factory=dict)
+    log_every: int = 10
+    checkpoint_every: int = 0
+    stop_after: Optional[int] = None
+    deadline: Optional[float] = None
+
+    def __post_init__(self):
+        for name, low in (("steps", 1), ("warmup", 0), ("log_every", 1), ("checkpoint_every", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.amp not in AMP:
+            raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+        if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
+            raise ValueError(f"stop_after must be an integer >= 1 or None, got {self.stop_after!r}")
+
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               loss_kwargs: dict, amp: str = "none") -> tuple[tuple, dict[str, Tensor]]:
+    """One training iteration (§4.1): forward → assign anchors and compute the loss (÷ the
+    foreground count) → backward → SGD step. Nothing here waits for the device.
+
+    batch: a :class:`~fl_lab.data.transforms.Batch` on the model's device (images (B, 3, H, W)).
+    Returns the model's outputs and its losses ({"cls", "box", "total", …}, 0-d tensors).
+    """
+    device = batch.images.device
+    with torch.autocast(device.type, dtype=AMP[amp] or torch.bfloat16, enabled=AMP[amp] is not None):
+        output = model(batch.images)
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    losses = core.loss(output, batch.targets, **loss_kwargs)  # in float32: the loss casts its inputs
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()  # fp16: scaled so that small gradients do not underflow
+    scaler.step(optimizer)  # fp16: skipped when a gradient overflowed, and the scale lowered
+    scaler.update()
+    return output, losses
+
+
 def train(
     model: nn.Module,
     batches: Iterable,
-    steps: int,
-    lr: float = 0.01,
-    warmup: int = 500,
-    loss_kwargs: Optional[dict] = None,
+    settings: TrainSettings,
     device: Union[None, str, torch.device] = None,
-    progress: bool = True,
     *,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    amp: str = "none",
     out: Union[None, str, Path] = None,
-    checkpoint_every: int = 0,
-    log_every: int = 1,
-    stop_after: Optional[int] = None,
     resume_from: Optional[dict] = None,
     extra_state: Optional[dict] = None,
+    progress: bool = True,
 ) -> list[dict]:
-    """Train ``model`` and return one dict of numbers per step run.
+    """Train ``model`` as ``settings`` say and return one dict of numbers per step run.
 
     Args:
         model: a :class:`fl_lab.model.RetinaNet` (or a model with its interface: ``forward``
@@ -77,33 +133,34 @@ def train(
             or one wrapped in DistributedDataParallel.
         batches: :class:`fl_lab.data.transforms.Batch` objects, starting at the first step
             to run (e.g. a DataLoader with ``collate_fn=collate``); restarted when exhausted.
-        steps, lr, warmup, momentum, weight_decay: the schedule (see :func:`lr_multiplier`).
-        loss_kwargs: passed to :meth:`RetinaNet.loss` (``loss_fn``, ``normalize``, …).
-        device: default: CUDA if available, else CPU. amp: "none", "bf16" or "fp16".
-        out: a folder for ``last.pt`` (every ``checkpoint_every`` steps and at the end) and
-            ``log.jsonl`` (every ``log_every`` steps); None keeps nothing on disk.
-        stop_after: stop after this step (a checkpoint is written); resume later.
+        settings: the schedule, precision, loss and bookkeeping (:class:`TrainSettings`).
+        device: default: CUDA if available, else CPU.
+        out: a folder for ``last.pt`` and ``log.jsonl``; None keeps nothing on disk.
         resume_from: a checkpoint from :func:`load_checkpoint`: continue exactly from it.
         extra_state: saved into every checkpoint as is (:func:`run` saves the config and class count).
 
+    Each step's losses stay on the device until a log step (every ``settings.log_every`` steps,
+    the last step and before each checkpoint) reads them all back at once, as nanoGPT does: a
+    GPU never waits for the host in between. Rows get the images per second of their interval.
+
     Raises:
-        Diverged: on a non-finite output or loss, naming the step; ``.history`` keeps the
-            steps before it and the last checkpoint on disk is the last good one.
+        Diverged: on a non-finite output or loss, naming the first such step (found at the
+            next log step); ``.history`` keeps the steps before it, and the last checkpoint on
+            disk is the last good one: none is written after a non-finite step.
     """
+    s = settings
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.to(device).train()
-    optimizer = sgd(core, lr, momentum, weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, total=steps, warmup=warmup))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    autocast = partial(torch.autocast, device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
-                       enabled=amp != "none")
+    optimizer = sgd(core, s.lr, s.momentum, s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, total=s.steps, warmup=s.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=s.amp == "fp16")
     start = resume_from["step"] if resume_from is not None else 0
     main = not dist.is_initialized() or dist.get_rank() == 0
     out = Path(out) if out is not None and main else None
-    end = steps if stop_after is None else min(steps, stop_after)
+    end = s.steps if s.stop_after is None else min(s.steps, s.stop_after)
     if end < start:  # the checkpoint would be relabelled with an earlier step and resume wrongly
-        raise ValueError(f"stop_after={stop_after} is before the checkpoint's step {start}: nothing to run")
+        raise ValueError(f"stop_after={s.stop_after} is before the checkpoint's step {start}: nothing to run")
     # A DataLoader draws its workers' base seed from the global RNG when iterated: do that first, then
     # restore the checkpoint's RNG state, so random draws continue exactly as in an uninterrupted run.
     epoch = iter(batches)
@@ -116,8 +173,41 @@ def train(
         if torch.cuda.is_available() and resume_from["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(resume_from["rng"]["cuda"])
     log = _open_log(out, start) if out else None
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    history: list[dict] = []
+    pending: list[tuple[int, float, int, dict[str, Tensor]]] = []  # (step, lr, images, losses) not read back yet
+    first_bad = torch.tensor(-1, device=device)  # the first step with a non-finite output (kind 0) or loss (kind 1)
+    bad_kind = torch.tensor(0, device=device)
+    tick = time.perf_counter()
+
+    def read_back() -> None:
+        """Wait for the device once, turn the pending steps into rows, log them; raise at a non-finite step."""
+        nonlocal tick
+        if not pending:
+            return
+        failed, kind = int(first_bad), int(bad_kind)  # the one host sync of the interval
+        keys = list(pending[0][3])
+        values = torch.stack([torch.stack([losses[k].detach().float() for k in keys])
+                              for *_, losses in pending]).tolist()
+        now = time.perf_counter()
+        rate = sum(images for _, _, images, _ in pending) / (now - tick)
+        tick = now
+        for (step, lr, _, _), numbers in zip(pending, values):
+            if 0 <= failed <= step:
+                break
+            row = {"step": step, "lr": lr, **dict(zip(keys, numbers)), "images_per_s": rate}
+            history.append(row)
+            if log and (step % s.log_every == 0 or step == end - 1):
+                log.write(json.dumps(row) + "\n")
+        if log:
+            log.flush()
+        pending.clear()
+        if failed >= 0:
+            raise Diverged(_diverged_message(failed, ("the model's outputs", "the loss")[kind], out), history, failed)
+        bar.set_postfix(loss=f"{history[-1]['total']:.3f}", lr=f"{history[-1]['lr']:.2g}", img_s=f"{rate:.1f}")
 
     def checkpoint(step: int) -> None:
+        read_back()  # never save weights a non-finite step has updated
         if out:
             weights = core.state_dict()
             # A BatchNorm's running statistics can overflow while the training-mode outputs (batch
@@ -132,37 +222,28 @@ def train(
                           "extra": extra_state or {}}, out / "last.pt")
 
     stream = itertools.chain(epoch, itertools.chain.from_iterable(itertools.repeat(batches)))
-    history: list[dict] = []
     # Redraw at most every 2 s: in a notebook each redraw is a widget message, and a flood of them
     # overflows the kernel's output queue (its high-water mark) so that later messages are lost.
-    bar = tqdm(range(start, end), initial=start, total=end, desc="train", disable=not (progress and main), mininterval=2.0)
-    tick = time.perf_counter()
+    bar = tqdm(range(start, end), initial=start, total=end, desc="train", disable=not (progress and main),
+               mininterval=2.0)
     try:
         for step in bar:
             batch = next(stream).to(device, non_blocking=True)
-            with autocast():
-                output = model(batch.images)
-            if not all(bool(torch.isfinite(t).all()) for t in output if isinstance(t, torch.Tensor) and t.is_floating_point()):
-                raise Diverged(_diverged_message(step, "the model's outputs", out), history, step)
-            losses = core.loss(output, batch.targets, **(loss_kwargs or {}))
-            if not math.isfinite(losses["total"].item()):
-                raise Diverged(_diverged_message(step, "the loss", out), history, step)
-            row = {"step": step, "lr": optimizer.param_groups[0]["lr"], **{k: v.item() for k, v in losses.items()}}
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            output, losses = train_step(model, batch, optimizer, scaler, s.loss_kwargs, s.amp)
+            outputs_ok = torch.stack([torch.isfinite(t).all() for t in output if isinstance(t, Tensor)
+                                      and t.is_floating_point()] or [torch.ones((), dtype=torch.bool, device=device)]).all()
+            newly = (first_bad < 0) & ~(outputs_ok & torch.isfinite(losses["total"]))
+            first_bad.copy_(torch.where(newly, step, first_bad))
+            bad_kind.copy_(torch.where(newly, outputs_ok.long(), bad_kind))
             scheduler.step()
-            now = time.perf_counter()
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            row["images_per_s"] = len(batch.targets) * world / (now - tick)
-            tick = now
-            history.append(row)
-            bar.set_postfix(loss=f"{row['total']:.3f}", lr=f"{row['lr']:.2g}", img_s=f"{row['images_per_s']:.1f}")
-            if log and (step % log_every == 0 or step == end - 1):
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
+            pending.append((step, lr, len(batch.targets) * world, {k: v.detach() for k, v in losses.items()}))
+            if step % s.log_every == 0 or step == end - 1:
+                read_back()
+                if s.deadline is not None and time.monotonic() > s.deadline:
+                    end = step + 1  # out of time: stop here, as stop_after would
+                    break
+            if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0 and step + 1 < end:
                 checkpoint(step + 1)
         checkpoint(end)
     finally:  # also on Diverged: the rows logged so far reach the disk

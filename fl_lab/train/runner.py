@@ -21,6 +21,7 @@ from ..evaluate import evaluate
 from ..anchors import AnchorGenerator
 from ..model import RetinaNet
 from ..pretrain import shapes_weights
+from ..weights import cached_imagenet_weights
 from .config import Config
 from .loop import load_checkpoint, train
 
@@ -55,9 +56,16 @@ def anchor_generator(config: Config) -> AnchorGenerator:
 
 def backbone_weights_file(config: Config) -> Optional[str]:
     """The backbone weights ``config`` fine-tunes from: ``backbone_weights`` with ``"shapes"``
-    resolved to its cache file (:func:`fl_lab.pretrain.shapes_weights`, made once); None from scratch."""
-    if config.backbone_weights == "shapes":
-        return str(shapes_weights(config.backbone))
+    resolved to its cache file (:func:`fl_lab.pretrain.shapes_weights`, made once) and
+    ``"pretrained"`` to torchvision's ImageNet file if the torch hub cache holds it, else to
+    ``"shapes"``'s (nothing is downloaded); None from scratch."""
+    if config.backbone_weights == "pretrained":
+        cached = cached_imagenet_weights(config.backbone)
+        if cached is not None:
+            return str(cached)
+    if config.backbone_weights in ("shapes", "pretrained"):
+        device = None if config.device == "auto" else config.device
+        return str(shapes_weights(config.backbone, device=device))
     return config.backbone_weights
 
 
@@ -92,14 +100,15 @@ def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") ->
 
 
 def run(config: Config, resume: bool = False, progress: bool = True,
-        build: Optional[Callable[[Config, int], nn.Module]] = None) -> dict:
+        build: Optional[Callable[[Config, int], nn.Module]] = None, deadline: Optional[float] = None) -> dict:
     """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
 
     ``build(config, num_classes)`` makes the model (default :func:`build_model`, a RetinaNet;
     :mod:`fl_lab.compare` passes torchvision's detectors, which then get the same data,
     schedule and evaluation). Returns {"model": the trained model, "history": rows of this
     call, "metrics": AP dict or None, "out": run folder}.
-    Under ``torchrun`` each process runs this; rank 0 writes the files. A setting out of range, or
+    ``deadline`` (a ``time.monotonic()`` time) stops training at the first log step past it; the
+    model is then evaluated as it is. Under ``torchrun`` each process runs this; rank 0 writes the files. A setting out of range, or
     a CUDA device that is not there, raises ``ValueError`` naming the option before anything runs.
     """
     config.check()
@@ -117,10 +126,8 @@ def run(config: Config, resume: bool = False, progress: bool = True,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    history = train(wrapped, loader, config.steps, config.lr, config.warmup, config.loss_kwargs(), device, progress,
-                    momentum=config.momentum, weight_decay=config.weight_decay, amp=config.amp, out=out,
-                    checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                    stop_after=config.stop_after, resume_from=state,
+    settings = dataclasses.replace(config.train_settings(), deadline=deadline)
+    history = train(wrapped, loader, settings, device, out=out, resume_from=state, progress=progress,
                     extra_state={"config": dataclasses.asdict(config), "num_classes": train_set.num_classes})
     if world > 1:
         _check_replicas(model, out if rank == 0 else None)
