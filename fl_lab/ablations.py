@@ -138,8 +138,8 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     otherwise (full size on a CPU): the ``cpu-fast`` preset, from scratch (Shapes at 128 px,
     one object per image, 500 iterations: about 3.5 minutes a run on two CPU cores); its
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
-    fast (CI, any device): that preset cut to 60 iterations -- half a minute a run, enough to
-    run the code and show the prior's effect, far too short for AP to separate the losses.
+    fast (CI, any device): that preset cut to 30 iterations -- seconds a run, enough to run the
+    code and show the prior's effect on the first loss, far too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
     one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
@@ -149,7 +149,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
-        base = {**PRESETS["cpu-fast"], "steps": 60, "warmup": 10, "train_images": 480, "val_images": 32,
+        base = {**PRESETS["cpu-fast"], "steps": 30, "warmup": 5, "train_images": 240, "val_images": 32,
                 **every, "log_every": 1}
     elif gpu:
         base = {**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,

@@ -234,22 +234,21 @@ class Entry:
 def compare_base(gpu: bool, fast: bool) -> Config:
     """The shared budget: data, schedule, batch, backbone of every detector (seeds: :func:`compare`'s).
 
-    Fast mode: 10 iterations of 8 Shapes images at 128 px, ResNet-18, 16 validation images —
-    enough to run every design end to end in about a minute on two CPU cores (Faster R-CNN's
-    512 RoIs per image make it many times slower per step than RetinaNet there), not to rank
-    them; 20 iterations and 32 images made lesson 07 take 144 s from a clean start. It trains
-    from scratch, so that tests never pretrain a backbone.
-    GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16, from scratch (about 20 minutes
-    for all runs on one H100, an estimate from the gpu preset's speed). CPU full mode: the lessons'
-    ``cpu-pretrained`` preset — RetinaNet and Faster R-CNN fine-tune the same Shapes-pretrained
-    ResNet-18, SSD trains its own backbone from scratch.
+    Fast mode: 6 iterations of 4 Shapes images at 128 px, ResNet-18, 8 validation images —
+    enough to run every design end to end (Faster R-CNN's 512 RoIs per image make it many
+    times slower per step than RetinaNet on a CPU), not to rank them. It trains from scratch,
+    so that tests never pretrain a backbone.
+    GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16, fine-tuned from the ``gpu``
+    preset's backbone (not yet timed on a GPU). CPU full mode: the lessons' ``cpu-pretrained``
+    preset. RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch.
     """
     if gpu:
         return Config(**{**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
                          "val_images": 250, "log_every": 10, "checkpoint_every": 0})
     config = Config(**PRESETS["cpu-pretrained"])
     if fast:
-        config = dataclasses.replace(config, steps=10, warmup=2, train_images=80, val_images=16, backbone_weights=None)
+        config = dataclasses.replace(config, steps=6, warmup=2, batch_size=4, train_images=24, val_images=8,
+                                     backbone_weights=None)
     return dataclasses.replace(config, log_every=1, checkpoint_every=0)
 
 

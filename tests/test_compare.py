@@ -150,45 +150,6 @@ def test_inference_timer_on_fl_lab_retinanet():
     assert ms > 0
 
 
-def test_compare_trains_scores_and_times_every_design(tmp_path, resnet18_file):
-    import dataclasses
-
-    from fl_lab.analysis import Claim
-    from fl_lab.analysis import NOT_TESTED
-    from fl_lab.compare import PAPER, PAPER_SPEED, check_orderings, compare, compare_base, figure2_points, format_table
-    from fl_lab.plots import figure2
-
-    fast, full = compare_base(gpu=False, fast=True), compare_base(gpu=False, fast=False)
-    assert fast.backbone_weights is None and full.backbone_weights == "shapes"  # tests never pretrain
-    assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
-    assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, train_images=fast.train_images,
-                               val_images=fast.val_images, backbone_weights=None) == fast
-    # fine-tuned like the lessons' regime, from a stand-in weights file
-    base = dataclasses.replace(fast, steps=2, warmup=1, train_images=16, val_images=8, image_size=96,
-                               backbone_weights=str(resnet18_file))
-    entries = compare(base, tmp_path, retinanet_sizes=(64,), timing_batch=2, progress=False, device="cpu")
-    assert [(e.name, e.image_size) for e in entries] == [("RetinaNet (FL)", 96), ("RetinaNet (FL)", 64),
-                                                         ("RetinaNet (α-CE)", 96), ("Faster R-CNN", 96), ("SSD", 96)]
-    # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
-    assert [e.runs[0].config["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
-    for e in entries:
-        assert 0.0 <= e.runs[0].metrics["AP"] <= 1.0 and e.ms_per_image > 0
-        assert Path(e.runs[0].out, "metrics.json").is_file() and Path(e.runs[0].out).parent.parent == tmp_path
-    assert len({e.runs[0].out for e in entries}) == len(entries)  # each run in its own folder
-    table = format_table(entries)
-    assert all(PAPER[e.name] in table for e in entries)
-    claims = check_orderings(entries)
-    assert len(claims) == 4 and all(isinstance(c, Claim) for c in claims)
-    assert [c.verdict for c in claims[:3]] == [NOT_TESTED] * 3  # one seed: no estimate of the noise
-    again = compare(base, tmp_path, retinanet_sizes=(64,), timing_batch=2, progress=False, device="cpu")
-    assert [e.runs[0].seconds for e in again] == [e.runs[0].seconds for e in entries]  # read back and timed again
-    fig = figure2(figure2_points(entries), PAPER_SPEED, title="t")
-    ours, paper = fig.axes
-    assert ours.get_xlabel() and ours.get_ylabel() and ours.get_legend() is not None
-    assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
-    assert len(ours.containers) == 4  # one error-bar line per design; RetinaNet's two sizes joined
-
-
 def test_orderings_are_judged_against_the_seeds_noise():
     from fl_lab.analysis import FAILS, HOLDS, WITHIN_NOISE
     from fl_lab.compare import Entry, check_orderings
@@ -205,31 +166,56 @@ def test_orderings_are_judged_against_the_seeds_noise():
     assert [c.verdict for c in check_orderings(ties)] == [WITHIN_NOISE] * 3 + [FAILS]  # a tie is no win
 
 
-def test_command_line_writes_table_json_and_figure_that_lesson_07_reads(tmp_path, monkeypatch, capsys):
+def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, monkeypatch, capsys, resnet18_file):
+    """The command line end to end: every design over two seeds, fine-tuned like the lessons' regime from
+    one weights file, scored, timed, judged, written; then read back."""
     import dataclasses
     import json
 
     from fl_lab import compare
+    from fl_lab.plots import figure2
 
-    tiny = dataclasses.replace(compare.compare_base(gpu=False, fast=True), steps=2, warmup=1, train_images=8,
-                               val_images=4, image_size=96)
+    fast, full = compare.compare_base(gpu=False, fast=True), compare.compare_base(gpu=False, fast=False)
+    assert fast.backbone_weights is None and full.backbone_weights == "shapes"  # tests never pretrain
+    assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
+    assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, batch_size=fast.batch_size,
+                               train_images=fast.train_images, val_images=fast.val_images, backbone_weights=None) == fast
+    tiny = dataclasses.replace(fast, steps=2, warmup=1, train_images=8, val_images=4, image_size=96,
+                               backbone_weights=str(resnet18_file))
     monkeypatch.setattr(compare, "compare_base", lambda gpu, fast: tiny)
-    args = ["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--seeds", "0,1"]
+    args = ["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--seeds", "0,1",
+            "--sizes", "64"]
     assert compare.main(args) == 0
     printed = capsys.readouterr().out
-    assert "4 detectors × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
+    assert "4 detectors (RetinaNet also at 64 px) × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
     assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
-    assert [e["name"] for e in saved["entries"]] == ["RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"]
-    assert [run["config"]["seed"] for run in saved["entries"][2]["runs"]] == [0, 1]
-    assert saved["entries"][3]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
-    assert len(saved["claims"]) == 4
+    assert [(e["name"], e["image_size"]) for e in saved["entries"]] == [
+        ("RetinaNet (FL)", 96), ("RetinaNet (FL)", 64), ("RetinaNet (α-CE)", 96), ("Faster R-CNN", 96), ("SSD", 96)]
+    entries = saved["entries"]
+    assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
+    assert entries[4]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
+    # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
+    assert [e["runs"][0]["config"]["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
+    outs = [run["out"] for e in entries for run in e["runs"]]
+    assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
+    assert all(e["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
     loaded = compare.load_results(tmp_path / "res" / "compare.json")
-    assert compare.format_table(loaded) in printed
+    table = compare.format_table(loaded)
+    assert table in printed and all(compare.PAPER[e.name] in table for e in loaded)
     assert [c.verdict for c in compare.check_orderings(loaded)] == [c["verdict"] for c in saved["claims"]]
     assert (tmp_path / "res" / "compare.png").stat().st_size > 1000
     assert (tmp_path / "res" / "compare.txt").read_text().startswith("$ python -m fl_lab.compare --device cpu")
+    fig = figure2(compare.figure2_points(loaded), compare.PAPER_SPEED, title="t")
+    ours, paper = fig.axes
+    assert ours.get_xlabel() and ours.get_ylabel() and ours.get_legend() is not None
+    assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
+    assert len(ours.containers) == 4  # one error-bar line per design; RetinaNet's two sizes joined
+    # a second call reads every run back instead of training it again, and times inference anew
+    again = compare.compare(tiny, tmp_path / "runs", retinanet_sizes=(64,), seeds=(0, 1), timing_batch=2,
+                            progress=False, device="cpu")
+    assert [r.seconds for e in again for r in e.runs] == [r["seconds"] for e in entries for r in e["runs"]]
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):
         compare.load_results(tmp_path / "nothing.json")
 
