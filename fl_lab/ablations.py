@@ -136,20 +136,20 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     """The configuration every run of the grid shares; only the ablation's own fields change.
 
     otherwise (full size on a CPU): the ``cpu-fast`` preset, from scratch (Shapes at 128 px,
-    one object per image, 500 iterations: about 3.5 minutes a run on two CPU cores); its
+    one object per image, 500 iterations: a few minutes a run on two CPU cores); its
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
-    fast (CI, any device): that preset cut to 30 iterations -- seconds a run, enough to run the
+    fast (CI, any device): that preset cut to 20 iterations -- seconds a run, enough to run the
     code and show the prior's effect on the first loss, far too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
     one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
-    preset, the lessons' regime (about 3 minutes a run), whose runs are the study's pretrained
+    preset, the lessons' regime (about 1½ minutes a run), whose runs are the study's pretrained
     one-object row when the file is the study's (``runs/pretrain/resnet18_shapes.pt``).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
-        base = {**PRESETS["cpu-fast"], "steps": 30, "warmup": 5, "train_images": 240, "val_images": 32,
+        base = {**PRESETS["cpu-fast"], "steps": 20, "warmup": 4, "train_images": 160, "val_images": 16,
                 **every, "log_every": 1}
     elif gpu:
         base = {**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,

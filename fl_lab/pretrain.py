@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,10 +122,11 @@ def accuracy(model: nn.Module, dataset: Shapes, batch_size: int = 100) -> float:
     """Share of the images whose object the classifier (a ResNet, or a :class:`ShapesClassifier`) names."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     right = total = 0
     for images, labels, _ in DataLoader(dataset, batch_size=batch_size,
                                         collate_fn=partial(_collate, num_classes=dataset.num_classes)):
-        logits = model(images.to(next(model.parameters()).device))
+        logits = model(images.to(device))
         logits = (logits[0] if isinstance(logits, tuple) else logits).cpu()
         keep = labels >= 0
         right += int((logits.argmax(1) == labels)[keep].sum())
@@ -146,6 +148,7 @@ def pretrain_backbone(
     workers: int = 1,
     progress: bool = True,
     device: Union[None, str, torch.device] = None,
+    held_out: int = 1000,
 ) -> dict:
     """Train ``backbone`` to classify Shapes crops, save its weights to ``out``, return a summary.
 
@@ -153,8 +156,8 @@ def pretrain_backbone(
     the cells of C3, C4 and C5 (0: the image label alone). AdamW with a linear warm-up over
     the first 5 % and a cosine decay; BatchNorm trains (it is frozen later, when the detector
     fine-tunes). Only the ResNet is saved, in torchvision's key format (``fc`` included, and
-    ignored on loading). The summary (the recipe, seconds, held-out accuracy on 1000 crops of
-    another seed) is also written next to the weights as ``<out>.json``. ``device``: default
+    ignored on loading). The summary (the recipe, seconds, held-out accuracy on ``held_out`` crops
+    of another seed) is also written next to the weights as ``<out>.json``. ``device``: default
     CUDA when there is one, else the CPU.
     """
     if not (steps >= 1 and batch_size >= 1 and lr > 0 and dense_weight >= 0):
@@ -192,10 +195,15 @@ def pretrain_backbone(
     summary = {"backbone": backbone, "steps": steps, "batch_size": batch_size, "image_size": image_size,
                "num_classes": num_classes, "lr": lr, "dense_weight": dense_weight, "seed": seed,
                "seconds": seconds,
-               "held_out_accuracy": accuracy(model, crops(1000, image_size, num_classes, seed + 10_000))}
+               "held_out_accuracy": accuracy(model, crops(held_out, image_size, num_classes, seed + 10_000))}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.cpu() for k, v in model.resnet.state_dict().items()}, out)
-    out.with_suffix(out.suffix + ".json").write_text(json.dumps(summary, indent=2))
+    # Written under a temporary name, then renamed: a reader (or another process of a torchrun job
+    # making the same file) never sees half a file.
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    torch.save({k: v.cpu() for k, v in model.resnet.state_dict().items()}, tmp)
+    tmp.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    os.replace(tmp.with_suffix(".json"), out.with_suffix(out.suffix + ".json"))
+    os.replace(tmp, out)
     return summary
 
 

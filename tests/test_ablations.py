@@ -117,7 +117,7 @@ def test_orderings_are_judged_against_the_seeds_noise():
 
 def test_bases_share_everything_but_size():
     fast, gpu, cpu = table1_base(gpu=False, fast=True), table1_base(gpu=True), table1_base(gpu=False)
-    assert fast.steps == 30 and cpu.steps == 500 and gpu.steps == 1000 and gpu.amp == "bf16"
+    assert fast.steps == 20 and cpu.steps == 500 and gpu.steps == 1000 and gpu.amp == "bf16"
     assert table1_base(gpu=True, fast=True) == fast  # fast mode wins, whatever the device
     for config in (fast, gpu, cpu):
         assert config.checkpoint_every == 0 and config.loss_fn == "focal" and config.prior == 0.01

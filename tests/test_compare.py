@@ -24,10 +24,11 @@ def data():
 
 
 @pytest.mark.parametrize("kind", ["faster_rcnn", "ssdlite"])
-def test_detector_trains_with_fl_lab_loop_and_is_scored_by_fl_lab_evaluation(kind, data):
+def test_detector_trains_with_fl_lab_loop_and_is_scored_by_fl_lab_evaluation(kind):
     torch.manual_seed(0)
+    data = Shapes(4, image_size=SIZE, num_classes=K, seed=0)
     detector = TorchvisionDetector(build_torchvision_detector(kind, K, SIZE))
-    loader = DataLoader(data, batch_size=4, collate_fn=collate)
+    loader = DataLoader(data, batch_size=2, collate_fn=collate)
     history = train(detector, loader, TrainSettings(steps=2, lr=0.001, warmup=0), "cpu", progress=False)
     assert len(history) == 2 and all(math.isfinite(row["total"]) and row["cls"] > 0 for row in history)
     # The documented detection format, in fl_lab's label space and the image's pixels.
@@ -180,19 +181,19 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
     assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, batch_size=fast.batch_size,
                                train_images=fast.train_images, val_images=fast.val_images, backbone_weights=None) == fast
-    tiny = dataclasses.replace(fast, steps=2, warmup=1, train_images=8, val_images=4, image_size=96,
+    tiny = dataclasses.replace(fast, steps=2, warmup=1, batch_size=2, train_images=4, val_images=2, image_size=64,
                                backbone_weights=str(resnet18_file))
     monkeypatch.setattr(compare, "compare_base", lambda gpu, fast: tiny)
     args = ["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--seeds", "0,1",
-            "--sizes", "64"]
+            "--sizes", "96"]
     assert compare.main(args) == 0
     printed = capsys.readouterr().out
-    assert "4 detectors (RetinaNet also at 64 px) × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
+    assert "4 detectors (RetinaNet also at 96 px) × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
     assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
     assert [(e["name"], e["image_size"]) for e in saved["entries"]] == [
-        ("RetinaNet (FL)", 96), ("RetinaNet (FL)", 64), ("RetinaNet (α-CE)", 96), ("Faster R-CNN", 96), ("SSD", 96)]
+        ("RetinaNet (FL)", 64), ("RetinaNet (FL)", 96), ("RetinaNet (α-CE)", 64), ("Faster R-CNN", 64), ("SSD", 64)]
     entries = saved["entries"]
     assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
     assert entries[4]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
@@ -213,7 +214,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
     assert len(ours.containers) == 4  # one error-bar line per design; RetinaNet's two sizes joined
     # a second call reads every run back instead of training it again, and times inference anew
-    again = compare.compare(tiny, tmp_path / "runs", retinanet_sizes=(64,), seeds=(0, 1), timing_batch=2,
+    again = compare.compare(tiny, tmp_path / "runs", retinanet_sizes=(96,), seeds=(0, 1), timing_batch=2,
                             progress=False, device="cpu")
     assert [r.seconds for e in again for r in e.runs] == [r["seconds"] for e in entries for r in e["runs"]]
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):

@@ -32,6 +32,20 @@ def test_cell_labels_name_the_smallest_box_over_each_cell_centre():
     assert empty.tolist() == [[5, 5], [5, 5]]
 
 
+def test_accuracy_is_the_share_of_images_named_right():
+    from fl_lab.pretrain import accuracy
+
+    data = crops(30, image_size=64, seed=5)
+    labels = [int(t["labels"][0]) for _, t in data if len(t["labels"])]
+
+    class Always(torch.nn.Module):  # names class 2 whatever it sees
+        def forward(self, images):
+            return torch.nn.functional.one_hot(torch.full((len(images),), 2), 5).float()
+
+    assert accuracy(Always(), data, batch_size=7) == pytest.approx(labels.count(2) / len(labels))
+    assert 0 < labels.count(2) < len(labels)  # the check above is not trivially 0 or 1
+
+
 @pytest.mark.parametrize("backbone, width", [("resnet18", 1), ("resnet50", 4)])
 def test_the_classifier_labels_the_image_and_every_cell_of_c3_to_c5(backbone, width):
     model = ShapesClassifier(backbone, num_classes=5).eval()
@@ -44,10 +58,11 @@ def test_the_classifier_labels_the_image_and_every_cell_of_c3_to_c5(backbone, wi
 
 def test_pretrained_weights_load_into_retinanet(tmp_path):
     summary = pretrain_backbone(tmp_path / "r18.pt", steps=2, batch_size=4, image_size=64, workers=0, progress=False,
-                                device="cpu")
+                                device="cpu", held_out=20)
     assert summary["steps"] == 2 and summary["dense_weight"] == RECIPE["dense_weight"]
     assert 0 <= summary["held_out_accuracy"] <= 1
     assert json.loads((tmp_path / "r18.pt.json").read_text())["backbone"] == "resnet18"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pt", "r18.pt.json"]  # written, then renamed
     saved = torch.load(tmp_path / "r18.pt", weights_only=True)
     assert not any(key.startswith("cells") for key in saved)  # only the ResNet is kept
     model = RetinaNet(5, backbone="resnet18", fpn_channels=32, head_convs=1, backbone_weights=tmp_path / "r18.pt")
@@ -62,7 +77,7 @@ def test_pretrained_weights_load_into_retinanet(tmp_path):
 
 def test_the_cell_labels_change_what_the_resnet_learns(tmp_path):
     """The same seed, data and steps with and without the cell labels: only their loss differs."""
-    common = dict(steps=2, batch_size=4, workers=0, progress=False, device="cpu")
+    common = dict(steps=2, batch_size=4, workers=0, progress=False, device="cpu", held_out=10)
     pretrain_backbone(tmp_path / "plain.pt", dense_weight=0.0, **common)
     pretrain_backbone(tmp_path / "cells.pt", **common)
     plain, cells = (torch.load(tmp_path / f, weights_only=True) for f in ("plain.pt", "cells.pt"))
@@ -80,7 +95,8 @@ def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name
     def quick(out, backbone, progress, device, **recipe):  # a 2-step stand-in for the recipe
         assert recipe == RECIPE
         made.append(out)
-        return pretrain_backbone(out, backbone, steps=2, batch_size=4, workers=0, progress=False, device=device)
+        return pretrain_backbone(out, backbone, steps=2, batch_size=4, workers=0, progress=False, device=device,
+                                 held_out=10)
 
     monkeypatch.setattr(pretrain, "pretrain_backbone", quick)
     path = pretrain.shapes_weights("resnet18", progress=False)

@@ -120,7 +120,7 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     monkeypatch.setattr(study, "study_rows", lambda: rows)
     real_pretrain = study.pretrain_backbone
     monkeypatch.setattr(study, "pretrain_backbone", lambda out, progress, **recipe: real_pretrain(
-        out, **{**recipe, "steps": 2, "batch_size": 4}, workers=0, progress=progress))
+        out, **{**recipe, "steps": 2, "batch_size": 4}, workers=0, progress=progress, held_out=10))
     assert study.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
     printed = capsys.readouterr().out
     assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed

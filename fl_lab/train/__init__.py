@@ -6,7 +6,7 @@ flips the only augmentation.
 
     python -m fl_lab.train --preset cpu-pretrained      # Shapes, ResNet-18 pretrained on Shapes, minutes on a CPU
     python -m fl_lab.train --preset cpu-fast            # the same from scratch
-    python -m fl_lab.train --preset gpu                 # Shapes at 512 px, ResNet-50, ~10 min on an H100
+    python -m fl_lab.train --preset gpu                 # Shapes at 512 px, ResNet-50 fine-tuned, bf16
     python -m fl_lab.train --preset coco --data-root data/coco --backbone-weights r50.pth
     python -m fl_lab.train --resume runs/cpu-fast       # continue exactly where it stopped
     torchrun --nproc_per_node=8 -m fl_lab.train --preset coco ...   # DistributedDataParallel
