@@ -141,7 +141,8 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     fast (CI, any device): that preset cut to 20 iterations -- seconds a run, enough to run the
     code and show the prior's effect on the first loss, far too short for AP to separate the losses.
     gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
-    one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one).
+    one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one);
+    from scratch unless ``backbone_weights`` says otherwise (``"pretrained"`` fine-tunes as the preset does).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
     preset, the lessons' regime (about 1½ minutes a run), whose runs are the study's pretrained
@@ -293,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.backbone_weights not in (None, "shapes") and not Path(args.backbone_weights).is_file():
         parser.error(f"--backbone-weights: no file {args.backbone_weights!r}; make it with "
-                     "python -m fl_lab.pretrain --out FILE, or pass 'shapes'")
+                     "python -m fl_lab.pretrain --out FILE (add --steps 1500 --lr 0.001 --dense-weight 0 for the "
+                     "earlier backbone of results/table1_cpu), or pass 'shapes'")
     grid = table1_grid(fast=args.fast)
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",")]

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 from .data import Shapes
 from .data.transforms import normalize
 
-__all__ = ["EARLIER_RECIPE", "RECIPE", "ShapesClassifier", "cell_labels", "crops", "pretrain_backbone", "shapes_weights",
-           "shapes_weights_path"]
+__all__ = ["EARLIER_RECIPE", "RECIPE", "ShapesClassifier", "cell_labels", "crops", "pretrain_backbone",
+           "shapes_weights", "shapes_weights_path"]
 
 #: The default recipe of :func:`pretrain_backbone`: what ``backbone_weights="shapes"`` fine-tunes from.
 RECIPE = dict(steps=300, batch_size=32, image_size=64, num_classes=5, lr=2e-3, dense_weight=3.0, seed=0)
@@ -179,7 +179,7 @@ def pretrain_backbone(
     start = time.perf_counter()
     model.train()
     bar = tqdm(loader, total=steps, desc="pretrain", disable=not progress, mininterval=2.0)
-    for images, labels, cells in bar:
+    for step, (images, labels, cells) in enumerate(bar):
         images, labels, cells = images.to(device), labels.to(device), [c.to(device) for c in cells]
         logits, cell_logits = model(images)
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
@@ -189,7 +189,7 @@ def pretrain_backbone(
         loss.backward()
         optimizer.step()
         schedule.step()
-        if bar.n % 10 == 0:  # reading the loss waits for the step: not on every one
+        if progress and step % 10 == 0:  # reading the loss waits for the step: not on every one
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
     summary = {"backbone": backbone, "steps": steps, "batch_size": batch_size, "image_size": image_size,
@@ -212,10 +212,11 @@ def shapes_weights_path(backbone: str = "resnet18", **recipe) -> Path:
     cache (``$TORCH_HOME``), beside torchvision's ImageNet files. The name ends in a hash of the
     recipe (:data:`RECIPE`, updated by ``recipe``), so a file made by another recipe is never
     taken for this one."""
-    recipe = {**RECIPE, **recipe}
     unknown = set(recipe) - set(RECIPE)
     if unknown:
         raise ValueError(f"unknown recipe settings {sorted(unknown)}; the recipe has {sorted(RECIPE)}")
+    # Each setting in its default's type, so that dense_weight=3 and 3.0 name the same file.
+    recipe = {k: type(v)(recipe.get(k, v)) for k, v in RECIPE.items()}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     return Path(torch.hub.get_dir()) / "checkpoints" / f"fl_lab_{backbone}_shapes-{digest}.pt"
 

@@ -180,7 +180,8 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert fast.backbone_weights is None and full.backbone_weights == "shapes"  # tests never pretrain
     assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
     assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, batch_size=fast.batch_size,
-                               train_images=fast.train_images, val_images=fast.val_images, backbone_weights=None) == fast
+                               train_images=fast.train_images, val_images=fast.val_images,
+                               backbone_weights=None) == fast
     tiny = dataclasses.replace(fast, steps=2, warmup=1, batch_size=2, train_images=4, val_images=2, image_size=64,
                                backbone_weights=str(resnet18_file))
     monkeypatch.setattr(compare, "compare_base", lambda gpu, fast: tiny)

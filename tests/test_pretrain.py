@@ -1,9 +1,11 @@
 """fl_lab.pretrain: a classification-pretrained backbone made from Shapes crops, loadable as backbone weights."""
 
 import json
+import os
 
 import pytest
 import torch
+import torchvision
 
 from fl_lab.model import RetinaNet
 from fl_lab.pretrain import RECIPE, ShapesClassifier, cell_labels, crops, main, pretrain_backbone
@@ -87,7 +89,7 @@ def test_the_cell_labels_change_what_the_resnet_learns(tmp_path):
 
 def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name(tmp_path, monkeypatch):
     import fl_lab.pretrain as pretrain
-    from fl_lab.train import Config, build_model
+    from fl_lab.train import Config, backbone_weights_file, build_model
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     made = []
@@ -108,8 +110,14 @@ def test_shapes_weights_are_made_once_into_the_cache_and_fine_tuned_from_by_name
     saved = torch.load(path, weights_only=True)
     assert torch.equal(model.backbone.body.layer3[1].conv2.weight, saved["layer3.1.conv2.weight"])
     assert not model.backbone.body.conv1.weight.requires_grad  # fine-tuned as from ImageNet: stem fixed
-    # "pretrained" takes ImageNet's file when the cache holds one, else this one; it never downloads
-    assert build_model(Config(**{**vars(config), "backbone_weights": "pretrained"}), 5) is not None and made == [path]
+    # "pretrained" takes this file while the cache holds no ImageNet weights, and never downloads
+    pretrained = Config(**{**vars(config), "backbone_weights": "pretrained"})
+    assert backbone_weights_file(pretrained) == str(path) and made == [path]
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    imagenet = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    torch.save(torchvision.models.resnet18().state_dict(), imagenet)  # a stand-in for the download
+    assert backbone_weights_file(pretrained) == str(imagenet) and made == [path]  # once cached, ImageNet's
+    imagenet.unlink()
     # another recipe is another file: a cached backbone of an older or shorter recipe is never taken for this one
     assert pretrain.shapes_weights_path("resnet18", steps=RECIPE["steps"] + 1) != path
     assert pretrain.shapes_weights_path("resnet18", **RECIPE) == path

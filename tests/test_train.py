@@ -14,9 +14,8 @@ import torch
 
 from fl_lab.data import Shapes, collate
 from fl_lab.model import RetinaNet
-from fl_lab.train import (PRESETS, Config, Diverged, TrainSettings, build_model, config_from_args, datasets, load_checkpoint,
-                          load_run, lr_multiplier, main,
-                          read_log, run, train)
+from fl_lab.train import (PRESETS, Config, Diverged, TrainSettings, build_model, config_from_args, datasets,
+                          load_checkpoint, load_run, lr_multiplier, main, read_log, run, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 

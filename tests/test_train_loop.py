@@ -1,7 +1,6 @@
-"""fl_lab.train.loop: host syncs only at log steps, a NaN named at its iteration, deadlines, bf16 and fp16."""
+"""fl_lab.train.loop: host syncs only at log steps, a NaN named at its iteration, time budgets, bf16 and fp16."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -74,14 +73,23 @@ def test_a_nan_is_named_at_its_iteration_and_no_checkpoint_follows_it(tmp_path):
         train(Probe(poison_at=7), batches(), settings, "cpu", progress=False, out=tmp_path)
     assert err.value.step == 7 and [r["step"] for r in err.value.history] == list(range(7))
     saved = load_checkpoint(tmp_path / "last.pt")
-    assert saved["step"] == 5 and torch.isfinite(saved["model"]["conv.weight"]).all()  # the last good one, before the NaN
+    # the last good checkpoint, from before the NaN
+    assert saved["step"] == 5 and torch.isfinite(saved["model"]["conv.weight"]).all()
     assert [r["step"] for r in read_log(tmp_path)] == [0]  # logged rows stop before the failing step
 
 
-def test_a_deadline_stops_at_the_next_log_step_with_a_checkpoint(tmp_path):
-    settings = TrainSettings(steps=50, lr=0.01, warmup=0, log_every=4, deadline=time.monotonic())
+def test_a_time_budget_stops_at_the_next_log_step_with_a_checkpoint(tmp_path, monkeypatch):
+    import fl_lab.train.loop as loop
+
+    clock = iter(range(1000))  # a fake monotonic clock: one second more at every reading
+    monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+    settings = TrainSettings(steps=50, lr=0.01, warmup=0, log_every=3, time_budget_s=4.5)
     history = train(Probe(), batches(), settings, "cpu", progress=False, out=tmp_path)
-    assert [r["step"] for r in history] == [0] and load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    # read at the start (0), then twice a log step (the interval's rate, then the budget): at log step 0
+    # the budget check reads 2 s, at step 3 4 s, at step 6 6 s > 4.5: it stops after step 6
+    assert [r["step"] for r in history] == list(range(7)) and load_checkpoint(tmp_path / "last.pt")["step"] == 7
+    with pytest.raises(ValueError, match="time_budget_s must be a number of seconds >= 0"):
+        TrainSettings(steps=1, time_budget_s=-1)
 
 
 def test_bf16_trains_retinanet_from_bf16_activations_with_fp32_weights(tmp_path):
@@ -110,7 +118,7 @@ def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflow(tmp_path
     assert seen == [torch.float16] * 2 and model.conv.weight.dtype == torch.float32
     assert model.conv.weight[0, 0, 0, 0].item() != 0.1  # updated
     assert load_checkpoint(tmp_path / "ok" / "last.pt")["scaler"]["scale"] == 2.0 ** 16  # no overflow: kept
-    # A finite loss (2.5e34) whose gradient, scaled by 2^16, overflows fp32: GradScaler skips the update.
+    # A finite loss (about 5e34) whose gradient, scaled by 2^16, overflows fp32: GradScaler skips the update.
     model = Probe(scale=1e35)
     history = train(model, batches(), settings, "cpu", progress=False, out=tmp_path / "overflow")
     assert len(history) == 2 and torch.equal(model.conv.weight, torch.full_like(model.conv.weight, 0.1))  # never moved

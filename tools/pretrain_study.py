@@ -41,7 +41,8 @@ CANDIDATES = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/pretrain_study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python tools/pretrain_study.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/pretrain_study"))
     parser.add_argument("--results", type=Path, default=Path("results/pretrain"))
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
@@ -50,10 +51,9 @@ def main(argv=None) -> int:
     rows = {}
     for name in names:
         weights = args.out / name / "resnet18_shapes.pt"
-        summary_file = Path(f"{weights}.json")
-        if not summary_file.is_file():
+        if not weights.is_file():  # renamed into place last, after its summary
             pretrain_backbone(weights, "resnet18", **CANDIDATES[name])
-        summary = json.loads(summary_file.read_text())
+        summary = json.loads(Path(f"{weights}.json").read_text())
         config = Config(**{**PRESETS["cpu-pretrained"], "backbone_weights": str(weights),
                            "out": str(args.out / name / "detector")})
         records = run_seeds(config, SEEDS)

@@ -88,9 +88,9 @@ def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:
     if args.preset in ("gpu", "coco") and config.device == "auto" and not torch.cuda.is_available():
         # Say so before the first iteration: the run would otherwise just look frozen.
         print(f"note: the {args.preset} preset is sized for a GPU and this machine has none, so it trains on the CPU: "
-              f"{config.steps} iterations of {config.batch_size} images at {config.image_size} px take hours (the gpu "
-              "preset: about 15 s an iteration, 12 h, on two CPU cores). --preset cpu-pretrained trains in minutes on a "
-              "CPU; --stop-after N stops early with a checkpoint.", file=sys.stderr)
+              f"{config.steps} iterations of {config.batch_size} images at {config.image_size} px take hours, after "
+              f"pretraining its {config.backbone} on Shapes crops if no weights are cached. --preset cpu-pretrained "
+              "trains in minutes on a CPU; --stop-after N stops early with a checkpoint.", file=sys.stderr)
     return config, False
 
 

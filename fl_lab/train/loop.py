@@ -62,8 +62,8 @@ class TrainSettings:
         every this many steps (the device is not waited on in between).
     checkpoint_every: write ``last.pt`` every this many steps (0: only at the end).
     stop_after: stop after this step (a checkpoint is written); resume later.
-    deadline: a ``time.monotonic()`` time: stop at the first log step past it, with a checkpoint
-        (a wall-clock budget, as ``python -m fl_lab.gpu_check`` sets; None: no limit).
+    time_budget_s: stop at the first log step after this many seconds of training, with a
+        checkpoint, as ``stop_after`` would (``python -m fl_lab.gpu_check`` sets one; None: no limit).
     """
 
     steps: int
@@ -76,7 +76,7 @@ class TrainSettings:
     log_every: int = 10
     checkpoint_every: int = 0
     stop_after: Optional[int] = None
-    deadline: Optional[float] = None
+    time_budget_s: Optional[float] = None
 
     def __post_init__(self):
         for name, low in (("steps", 1), ("warmup", 0), ("log_every", 1), ("checkpoint_every", 0)):
@@ -89,6 +89,9 @@ class TrainSettings:
             raise ValueError(f"amp must be one of {', '.join(AMP)}, got {self.amp!r}")
         if self.stop_after is not None and not (isinstance(self.stop_after, int) and self.stop_after >= 1):
             raise ValueError(f"stop_after must be an integer >= 1 or None, got {self.stop_after!r}")
+        if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
+                                                   and self.time_budget_s >= 0):
+            raise ValueError(f"time_budget_s must be a number of seconds >= 0 or None, got {self.time_budget_s!r}")
 
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,6 +145,8 @@ def train(
     Each step's losses stay on the device until a log step (every ``settings.log_every`` steps,
     the last step and before each checkpoint) reads them all back at once, as nanoGPT does: a
     GPU never waits for the host in between. Rows get the images per second of their interval.
+    Under torch.distributed the replicas agree at each log step on the first non-finite step and
+    on running out of time, so that all of them stop together.
 
     Raises:
         Diverged: on a non-finite output or loss, naming the first such step (found at the
@@ -178,19 +183,23 @@ def train(
     pending: list[tuple[int, float, int, dict[str, Tensor]]] = []  # (step, lr, images, losses) not read back yet
     first_bad = torch.tensor(-1, device=device)  # the first step with a non-finite output (kind 0) or loss (kind 1)
     bad_kind = torch.tensor(0, device=device)
-    tick = time.perf_counter()
+    tick = began = time.monotonic()
 
     def read_back() -> None:
         """Wait for the device once, turn the pending steps into rows, log them; raise at a non-finite step."""
         nonlocal tick
         if not pending:
             return
+        if dist.is_initialized():  # every replica stops at the earliest replica's bad step
+            earliest = torch.where(first_bad >= 0, first_bad, torch.iinfo(torch.int64).max)
+            dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+            first_bad.copy_(torch.where(earliest < torch.iinfo(torch.int64).max, earliest, -1))
         failed, kind = int(first_bad), int(bad_kind)  # the one host sync of the interval
         keys = list(pending[0][3])
         values = torch.stack([torch.stack([losses[k].detach().float() for k in keys])
                               for *_, losses in pending]).tolist()
-        now = time.perf_counter()
-        rate = sum(images for _, _, images, _ in pending) / (now - tick)
+        now = time.monotonic()
+        rate = sum(images for _, _, images, _ in pending) / max(now - tick, 1e-9)
         tick = now
         for (step, lr, _, _), numbers in zip(pending, values):
             if 0 <= failed <= step:
@@ -221,6 +230,14 @@ def train(
                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                           "extra": extra_state or {}}, out / "last.pt")
 
+    def out_of_time(mine: bool) -> bool:
+        """Whether to stop for the time budget: any replica's clock decides for all of them."""
+        if not dist.is_initialized():
+            return mine
+        flag = torch.tensor(int(mine), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
     stream = itertools.chain(epoch, itertools.chain.from_iterable(itertools.repeat(batches)))
     # Redraw at most every 2 s: in a notebook each redraw is a widget message, and a flood of them
     # overflows the kernel's output queue (its high-water mark) so that later messages are lost.
@@ -231,8 +248,8 @@ def train(
             batch = next(stream).to(device, non_blocking=True)
             lr = optimizer.param_groups[0]["lr"]
             output, losses = train_step(model, batch, optimizer, scaler, s.loss_kwargs, s.amp)
-            outputs_ok = torch.stack([torch.isfinite(t).all() for t in output if isinstance(t, Tensor)
-                                      and t.is_floating_point()] or [torch.ones((), dtype=torch.bool, device=device)]).all()
+            finite = [torch.isfinite(t).all() for t in output if isinstance(t, Tensor) and t.is_floating_point()]
+            outputs_ok = torch.stack(finite or [torch.ones((), dtype=torch.bool, device=device)]).all()
             newly = (first_bad < 0) & ~(outputs_ok & torch.isfinite(losses["total"]))
             first_bad.copy_(torch.where(newly, step, first_bad))
             bad_kind.copy_(torch.where(newly, outputs_ok.long(), bad_kind))
@@ -240,8 +257,8 @@ def train(
             pending.append((step, lr, len(batch.targets) * world, {k: v.detach() for k, v in losses.items()}))
             if step % s.log_every == 0 or step == end - 1:
                 read_back()
-                if s.deadline is not None and time.monotonic() > s.deadline:
-                    end = step + 1  # out of time: stop here, as stop_after would
+                if s.time_budget_s is not None and out_of_time(time.monotonic() - began > s.time_budget_s):
+                    end = step + 1  # stop here, as stop_after would
                     break
             if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0 and step + 1 < end:
                 checkpoint(step + 1)

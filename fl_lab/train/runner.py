@@ -100,16 +100,19 @@ def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") ->
 
 
 def run(config: Config, resume: bool = False, progress: bool = True,
-        build: Optional[Callable[[Config, int], nn.Module]] = None, deadline: Optional[float] = None) -> dict:
+        build: Optional[Callable[[Config, int], nn.Module]] = None, time_budget_s: Optional[float] = None) -> dict:
     """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
 
     ``build(config, num_classes)`` makes the model (default :func:`build_model`, a RetinaNet;
     :mod:`fl_lab.compare` passes torchvision's detectors, which then get the same data,
-    schedule and evaluation). Returns {"model": the trained model, "history": rows of this
-    call, "metrics": AP dict or None, "out": run folder}.
-    ``deadline`` (a ``time.monotonic()`` time) stops training at the first log step past it; the
-    model is then evaluated as it is. Under ``torchrun`` each process runs this; rank 0 writes the files. A setting out of range, or
-    a CUDA device that is not there, raises ``ValueError`` naming the option before anything runs.
+    schedule and evaluation). ``time_budget_s`` stops training at the first log step after that
+    many seconds (a checkpoint is written; ``--resume`` can finish the run), and the model is
+    evaluated as it is; ``metrics.json`` is written only by a run that reached ``config.steps``.
+    Returns {"model": the trained model, "history": rows of this call, "metrics": AP dict or
+    None, "finished": whether the run reached ``config.steps``, "out": run folder}.
+    Under ``torchrun`` each process runs this; rank 0 writes the files (and makes a missing
+    pretrained backbone first, while the others wait). A setting out of range, or a CUDA device
+    that is not there, raises ``ValueError`` naming the option before anything runs.
     """
     config.check()
     rank, world, device = _setup_distributed(config.device)
@@ -118,27 +121,33 @@ def run(config: Config, resume: bool = False, progress: bool = True,
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    if world > 1:  # one process makes the backbone's weights file, the others then read it
+        if rank == 0 and build is None:
+            backbone_weights_file(config)
+        dist.barrier()
     train_set, val_set = datasets(config)
     model = (build or build_model)(config, train_set.num_classes).to(device)
-    sampler = TrainSampler(len(train_set), config.batch_size, config.seed, start_step=state["step"] if state else 0,
-                           rank=rank, world_size=world)
+    start = state["step"] if state else 0
+    sampler = TrainSampler(len(train_set), config.batch_size, config.seed, start_step=start, rank=rank,
+                           world_size=world)
     loader = DataLoader(FlipByKey(train_set), batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    settings = dataclasses.replace(config.train_settings(), deadline=deadline)
+    settings = dataclasses.replace(config.train_settings(), time_budget_s=time_budget_s)
     history = train(wrapped, loader, settings, device, out=out, resume_from=state, progress=progress,
                     extra_state={"config": dataclasses.asdict(config), "num_classes": train_set.num_classes})
     if world > 1:
         _check_replicas(model, out if rank == 0 else None)
+    finished = start + len(history) == config.steps
     metrics = None
-    finished = config.stop_after is None or config.stop_after >= config.steps
-    if rank == 0 and config.evaluate and finished:
+    if rank == 0 and config.evaluate and (finished or time_budget_s is not None):
         metrics = evaluate(model, val_set, batch_size=config.batch_size, device=device, progress=progress)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if finished:
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if world > 1:
         dist.destroy_process_group()
-    return {"model": model, "history": history, "metrics": metrics, "out": out}
+    return {"model": model, "history": history, "metrics": metrics, "finished": finished, "out": out}
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
