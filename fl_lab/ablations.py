@@ -217,8 +217,9 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
     2. FL with γ = 2 beats the best OHEM (Table 1d: 36.0 vs 32.8, R101).
     3. CE without the prior initialisation diverges, or at least lags α-CE (α = .5) with it (§5.1).
     4. More anchors help: 3 scales × 3 ratios (the FL γ = 2 row) beat 1 × 1 (Table 1c: 34.0 vs 30.3).
-    A claim *holds* when the mean AP difference exceeds 2 standard errors, *fails* when it is
-    reversed by as much, and is *within noise* otherwise (:func:`fl_lab.analysis.compare_seeds`);
+    Rows share their seeds, so each claim is judged on the per-seed differences: it *holds* when
+    their 95 % t interval lies above 0, *fails* below, and is *within noise* when it contains 0
+    (:func:`fl_lab.analysis.compare_seeds`);
     "the best" row of a group is the one with the highest mean AP. A run that diverged counts AP 0.
     """
     by_name = {r.ablation.name: r for r in results}
@@ -229,7 +230,7 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
         if focal is None or rival is None:
             claims.append(Claim(text, NOT_TESTED, "not in this grid"))
         else:
-            claims.append(compare_seeds(text, focal.stats().values, rival.stats().values,
+            claims.append(compare_seeds(text, focal.stats(), rival.stats(),
                                         names=(focal.ablation.name, rival.ablation.name)))
     text = "CE without the prior init diverges or lags α-CE with it"
     no_prior = by_name.get(NO_PRIOR.name)
@@ -239,14 +240,14 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
     elif len(no_prior.diverged) == len(no_prior.runs):
         claims.append(Claim.check(text, True, f"diverged in every seed, at iteration {', '.join(map(str, no_prior.diverged))}"))
     else:
-        claims.append(compare_seeds(text, with_prior.stats().values, no_prior.stats().values,
+        claims.append(compare_seeds(text, with_prior.stats(), no_prior.stats(),
                                     names=(with_prior.ablation.name, no_prior.ablation.name)))
     text = "3 scales × 3 ratios of anchors beat 1 × 1 (Table 1c)"
     sparse = by_name.get(_anchors(1, 1, 30.3).name)
     if focal is None or sparse is None:
         claims.append(Claim(text, NOT_TESTED, "not in this grid"))
     else:
-        claims.append(compare_seeds(text, focal.stats().values, sparse.stats().values,
+        claims.append(compare_seeds(text, focal.stats(), sparse.stats(),
                                     names=(focal.ablation.name, sparse.ablation.name)))
     return claims
 

@@ -334,8 +334,8 @@ def format_table(entries: Sequence[Entry]) -> str:
 def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
     """The paper's Figure 2 / Table 2 conclusions, tested on these entries.
 
-    Accuracy claims are judged against the seeds' noise (:func:`fl_lab.analysis.compare_seeds`:
-    *holds* beyond 2 standard errors, *within noise* short of it, *not tested* with one seed);
+    Accuracy claims are judged seed by seed (:func:`fl_lab.analysis.compare_seeds`: *holds* when
+    the 95 % t interval of the paired differences lies above 0, *not tested* with one seed);
     the speed claim is one measurement (a median of timed calls). Compares the runs at the
     shared base size: the first entry of each name.
     """
@@ -343,7 +343,7 @@ def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
     for e in entries:
         first.setdefault(e.name, e)
     fl, ce, frcnn, ssd = (first[n] for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"))
-    ap = lambda e: e.stats().values  # noqa: E731
+    ap = lambda e: e.stats()  # noqa: E731
     return [
         compare_seeds("RetinaNet with FL beats RetinaNet with α-balanced CE (Table 1)", ap(fl), ap(ce)),
         compare_seeds("RetinaNet with FL beats the two-stage Faster R-CNN (Table 2)", ap(fl), ap(frcnn)),

@@ -112,7 +112,7 @@ def run_seeds(config: Config, seeds: Sequence[int], progress: bool = True, rerun
 
 def seed_stats(records: Sequence[RunRecord], metric: str = "AP") -> SeedStats:
     """The metric over the runs of :func:`run_seeds` (a diverged run counts 0)."""
-    return SeedStats(tuple(r.metric(metric) for r in records))
+    return SeedStats(tuple(r.metric(metric) for r in records), tuple(r.seed for r in records))
 
 
 def write_results(folder: str | Path, name: str, command: str, text: str, payload: dict) -> None:

@@ -190,7 +190,8 @@ def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "A
 
 
 def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
-    """For each row: does FL (γ = 2) beat the best α-CE arm of that row, beyond 2 standard errors?
+    """For each row: does FL (γ = 2) beat the best α-CE arm of that row, seed by seed
+    (:func:`fl_lab.analysis.compare_seeds`: the 95 % t interval of the paired differences)?
 
     The best α-CE arm is the one with the highest mean; where a row searched FL's α too, its
     best FL is set against the best α-CE as well; in the learning-rate sweep each loss is
@@ -202,20 +203,18 @@ def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
         fl_arms = [a for a in r.row.arms if ARMS[a].overrides.get("loss_fn") == "focal"]
         for fl in fl_arms:
             claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: {fl} beats {best}",
-                                        r.stats(fl, metric).values, r.stats(best, metric).values))
+                                        r.stats(fl, metric), r.stats(best, metric)))
         searched = [a for a in fl_arms if "cls_weight" not in ARMS[a].overrides]
         if len(searched) > 1:  # the same small search over α for both losses: the best against the best
             best_fl = r.best("focal", metric)
             claims.append(compare_seeds(f"{r.row.sweep}, {r.row.label}: FL at its best α ({best_fl}) beats α-CE at "
-                                        f"its best α ({best})", r.stats(best_fl, metric).values,
-                                        r.stats(best, metric).values))
+                                        f"its best α ({best})", r.stats(best_fl, metric), r.stats(best, metric)))
     lr_rows = [r for r in results if r.row.sweep == LR]
     if lr_rows:
         best_fl = max(lr_rows, key=lambda r: r.stats(FL, metric).mean)
         best_ce = max(lr_rows, key=lambda r: r.stats(BEST_CE, metric).mean)
         claims.append(compare_seeds(f"each loss at its best learning rate: FL ({best_fl.row.label}) beats α-CE "
-                                    f"({best_ce.row.label})", best_fl.stats(FL, metric).values,
-                                    best_ce.stats(BEST_CE, metric).values))
+                                    f"({best_ce.row.label})", best_fl.stats(FL, metric), best_ce.stats(BEST_CE, metric)))
     return claims
 
 

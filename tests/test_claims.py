@@ -17,32 +17,58 @@ def test_seed_stats_are_the_sample_mean_std_and_standard_error():
         SeedStats(())
 
 
-def _welch(a, b):  # the rule written out: difference of means over the root of summed squared SEs
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return (statistics.fmean(a) - statistics.fmean(b)) / se
+T2, T4 = 4.303, 2.776  # two-sided 95 % critical values of t with 2 and 4 degrees of freedom (printed tables)
+
+
+def _paired_interval(a, b, t):  # the rule written out: the per-seed differences' mean ± t · SE
+    d = [x - y for x, y in zip(a, b)]
+    half = t * statistics.stdev(d) / math.sqrt(len(d))
+    return statistics.fmean(d) - half, statistics.fmean(d) + half
+
+
+def _stats(values, seeds=(0, 1, 2)):
+    return SeedStats(tuple(values), seeds)
+
+
+def test_arms_on_the_same_seeds_are_judged_on_their_differences():
+    a, b = [0.30, 0.50, 0.70], [0.28, 0.475, 0.67]  # a spread far wider than the steady lead of 2-3 AP
+    low, high = _paired_interval(a, b, T2)
+    assert low > 0
+    paired = compare_seeds("a beats b", _stats(a), _stats(b))
+    assert paired.verdict == HOLDS and "paired over 3 seeds" in paired.detail
+    assert f"[{100 * low:+.1f}, {100 * high:+.1f}]" in paired.detail
+    # the same values without their seeds cannot pair: Welch's interval holds the spread of each arm
+    assert compare_seeds("a beats b", a, b).verdict == WITHIN_NOISE
+    # other seeds on each side: unpaired too
+    assert "Welch" in compare_seeds("a beats b", _stats(a), _stats(b, (3, 4, 5))).detail
 
 
 def test_a_claim_holds_fails_or_is_within_noise():
-    clear = compare_seeds("a beats b", [0.30, 0.31, 0.29], [0.20, 0.22, 0.21])
-    assert clear.verdict == HOLDS and _welch([0.30, 0.31, 0.29], [0.20, 0.22, 0.21]) > 2
-    assert "+9.0 ±" in clear.detail and "30.0 ± 1.0 vs 21.0 ± 1.0" in clear.detail
-    reversed_ = compare_seeds("a beats b", [0.10, 0.12, 0.11], [0.20, 0.22, 0.21])
+    clear = compare_seeds("a beats b", _stats([0.30, 0.31, 0.29]), _stats([0.20, 0.22, 0.21]))
+    assert clear.verdict == HOLDS and "+9.0 ±" in clear.detail and "30.0 ± 1.0 vs 21.0 ± 1.0" in clear.detail
+    reversed_ = compare_seeds("a beats b", _stats([0.10, 0.12, 0.11]), _stats([0.20, 0.22, 0.21]))
     assert reversed_.verdict == FAILS
-    # the same means, but a noisy arm: the difference is inside 2 standard errors
-    noisy = compare_seeds("a beats b", [0.30, 0.05, 0.55], [0.20, 0.22, 0.21])
-    assert noisy.verdict == WITHIN_NOISE and abs(_welch([0.30, 0.05, 0.55], [0.20, 0.22, 0.21])) < 2
+    noisy_a, b = [0.30, 0.05, 0.55], [0.20, 0.22, 0.21]  # a noisy arm: its interval holds 0
+    low, high = _paired_interval(noisy_a, b, T2)
+    assert low < 0 < high and compare_seeds("a beats b", _stats(noisy_a), _stats(b)).verdict == WITHIN_NOISE
     assert compare_seeds("t", [0.3], [0.1, 0.2]).verdict == NOT_TESTED
-    tie = compare_seeds("t", [0.0, 0.0], [0.0, 0.0])
-    assert tie.verdict == WITHIN_NOISE  # no noise and no difference: no win
-    exact = compare_seeds("t", [0.3, 0.3], [0.2, 0.2])
-    assert exact.verdict == HOLDS  # no noise at all and a difference
+    exact = compare_seeds("t", _stats([0.3, 0.4], (0, 1)), _stats([0.2, 0.3], (0, 1)))
+    assert exact.verdict == HOLDS  # the same difference in every seed: no noise at all
 
 
-def test_the_margin_is_the_number_of_standard_errors():
-    a, b = [0.30, 0.32, 0.34], [0.28, 0.30, 0.32]  # difference 2, standard error ~1.63 (×100)
-    assert 1 < _welch(a, b) < 2
-    assert compare_seeds("t", a, b, margin=1.0).verdict == HOLDS
-    assert compare_seeds("t", a, b, margin=2.0).verdict == WITHIN_NOISE
+def test_the_interval_uses_t_with_n_minus_1_degrees_of_freedom():
+    # five seeds whose differences give a t statistic of 2.1: beyond 1.96 (normal), short of 2.776 (t, 4 df)
+    d = [0.04, -0.005, 0.03, 0.0, 0.035]
+    t = statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(5))
+    a, b = [0.5 + x for x in d], [0.5] * 5
+    assert 2.0 < t < T4 and compare_seeds("t", _stats(a, range(5)), _stats(b, range(5))).verdict == WITHIN_NOISE
+
+
+def test_an_arm_that_never_detects_is_a_floor_not_a_measurement():
+    neither = compare_seeds("t", _stats([0.0, 0.0, 0.0]), _stats([0.0, 0.0, 0.0]))
+    assert neither.verdict == NOT_TESTED and "neither detects" in neither.detail
+    one = compare_seeds("t", _stats([0.02, 0.025, 0.03]), _stats([0.0, 0.0, 0.0]), names=("FL", "CE"))
+    assert one.verdict == HOLDS and "CE detects nothing in any seed" in one.detail
 
 
 def test_claims_check_their_verdict_and_format():
@@ -50,7 +76,7 @@ def test_claims_check_their_verdict_and_format():
     assert Claim.check("x", None, "d").verdict == NOT_TESTED
     with pytest.raises(ValueError, match="verdict"):
         Claim("x", "probably", "d")
-    text = format_claims([Claim.check("one", True, "1 vs 0"), compare_seeds("two", [0.1, 0.3], [0.2, 0.2])])
+    text = format_claims([Claim.check("one", True, "1 vs 0"), compare_seeds("two", [0.1, 0.3], [0.2, 0.25])])
     assert text.splitlines() == ["one: holds — 1 vs 0", text.splitlines()[1]] and "two: within noise" in text
 
 

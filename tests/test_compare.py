@@ -152,7 +152,7 @@ def test_inference_timer_on_fl_lab_retinanet():
 
 
 def test_orderings_are_judged_against_the_seeds_noise():
-    from fl_lab.analysis import FAILS, HOLDS, WITHIN_NOISE
+    from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE
     from fl_lab.compare import Entry, check_orderings
     from fl_lab.experiment import RunRecord
 
@@ -163,8 +163,10 @@ def test_orderings_are_judged_against_the_seeds_noise():
     entries = [entry("RetinaNet (FL)", [0.30, 0.31, 0.32], 5.0), entry("RetinaNet (α-CE)", [0.20, 0.21, 0.19], 5.0),
                entry("Faster R-CNN", [0.25, 0.40, 0.31], 9.0), entry("SSD", [0.40, 0.41, 0.42], 3.0)]
     assert [c.verdict for c in check_orderings(entries)] == [HOLDS, WITHIN_NOISE, FAILS, HOLDS]
-    ties = [entry(n, [0.0, 0.0, 0.0], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
+    ties = [entry(n, [0.3, 0.3, 0.3], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
     assert [c.verdict for c in check_orderings(ties)] == [WITHIN_NOISE] * 3 + [FAILS]  # a tie is no win
+    silent = [entry(n, [0.0, 0.0, 0.0], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
+    assert [c.verdict for c in check_orderings(silent)][:3] == [NOT_TESTED] * 3  # nothing detected: nothing to rank
 
 
 def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, monkeypatch, capsys, resnet18_file):

@@ -7,7 +7,7 @@ import pytest
 
 from fl_lab import study
 from fl_lab.ablations import table1_base, table1_grid
-from fl_lab.analysis import FAILS, HOLDS, WITHIN_NOISE
+from fl_lab.analysis import FAILS, HOLDS
 from fl_lab.experiment import RunRecord
 from fl_lab.train import PRESETS, Config
 
@@ -133,7 +133,9 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     assert saved["rows"][2]["imbalance"] > saved["rows"][1]["imbalance"]  # empty images: more negatives per positive
     arm = saved["rows"][1]["arms"][study.FL]
     assert [run["config"]["seed"] for run in arm] == [0, 1] and arm[0]["config"]["steps"] == 2
-    assert {c["verdict"] for c in saved["claims"]} <= {HOLDS, FAILS, WITHIN_NOISE}
+    # the claims written are those judged again from the written runs (2 steps: mostly nothing detected yet)
+    assert saved["claims"] == [dataclasses.asdict(c) for c in study.gap_claims(study.load_results(tmp_path / "res" /
+                                                                                                 "study.json"))]
     figure4 = json.loads((tmp_path / "res" / "figure4.json").read_text())  # Figure 4 of each FL seed's model
     assert [s["seed"] for s in figure4["seeds"]] == [0, 1] and figure4["images"] == 6
     assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives") for g in (0, 0.5, 1, 2)}

@@ -1,9 +1,11 @@
 """The paper's findings as claims, and when seeded results bear one out.
 
 A training result is one draw from a distribution: another seed (initial weights, data
-order, flips) gives another AP. So a claim such as "FL beats α-CE" is judged on several
-seeds: it *holds* when the mean difference exceeds ``margin`` (2) standard errors of that
-difference, it *fails* when it is reversed by as much, and otherwise it is *within noise*.
+order, flips, the validation set) gives another AP. So a claim such as "FL beats α-CE" is
+judged on several seeds. Arms trained on the same seeds are compared seed by seed: the seed's
+data and weights cancel out of each difference. The claim *holds* when the two-sided 95 %
+t interval of the mean difference lies above 0, *fails* when it lies below, and is *within
+noise* when it contains 0. Arms on different seeds are compared by Welch's interval instead.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-__all__ = ["FAILS", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "PairedDifference", "SeedStats",
+__all__ = ["FAILS", "FLOOR", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "PairedDifference", "SeedStats",
            "compare_seeds", "format_claims", "paired_difference", "t_critical"]
 
 HOLDS, FAILS, WITHIN_NOISE, NOT_TESTED = "holds", "does NOT hold", "within noise", "not tested"
@@ -40,14 +42,20 @@ class Claim:
 
 @dataclass(frozen=True)
 class SeedStats:
-    """One metric over seeds: the values, their mean, sample standard deviation and standard error."""
+    """One metric over seeds: the values, their mean, sample standard deviation and standard error;
+    ``seeds`` (when known) names the seed of each value, so that arms run on the same seeds pair up."""
 
     values: tuple[float, ...]
+    seeds: Optional[tuple[int, ...]] = None
 
     def __post_init__(self):
         if not self.values:
             raise ValueError("SeedStats needs at least one value")
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+            if len(self.seeds) != len(self.values):
+                raise ValueError(f"got {len(self.seeds)} seeds for {len(self.values)} values")
 
     @property
     def n(self) -> int:
@@ -71,25 +79,6 @@ class SeedStats:
         """"mean ± std" (× ``scale``: AP is printed ×100, the paper's unit), with n when n ≠ 3."""
         text = f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}"
         return text if self.n == 3 else f"{text} (n={self.n})"
-
-
-def compare_seeds(text: str, a: Sequence[float], b: Sequence[float], margin: float = 2.0,
-                  scale: float = 100.0, names: tuple[str, str] = ("", "")) -> Claim:
-    """The claim "a beats b" judged on seeded values (higher is better).
-
-    The difference of the means, d = mean(a) − mean(b), has standard error
-    se = √(s_a²/n_a + s_b²/n_b) (Welch). The claim *holds* if d > margin·se, *fails* if
-    d < −margin·se, and is *within noise* otherwise. With fewer than two values on a side
-    the noise is unknown and the claim is *not tested*.
-    """
-    sa, sb = SeedStats(tuple(a)), SeedStats(tuple(b))
-    na, nb = names
-    numbers = f"{na}{' ' if na else ''}{sa.format(scale)} vs {nb}{' ' if nb else ''}{sb.format(scale)}"
-    if sa.n < 2 or sb.n < 2:
-        return Claim(text, NOT_TESTED, f"{numbers}: one seed gives no estimate of the noise")
-    diff, se = sa.mean - sb.mean, math.sqrt(sa.sem ** 2 + sb.sem ** 2)
-    verdict = HOLDS if diff > margin * se else FAILS if diff < -margin * se else WITHIN_NOISE
-    return Claim(text, verdict, f"{numbers}; difference {scale * diff:+.1f} ± {scale * se:.1f} (standard error)")
 
 
 # Two-sided 95 % critical values of Student's t for 1-30 degrees of freedom (any statistics table).
@@ -129,6 +118,46 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     d = SeedStats(tuple(x - y for x, y in zip(a, b)))
     half = t_critical(d.n - 1) * d.sem
     return PairedDifference(d.values, d.mean, d.sem, d.mean - half, d.mean + half)
+
+
+#: An arm whose metric never exceeds this does not detect: its zeros are a floor, not a measurement.
+FLOOR = 1e-3
+
+
+def compare_seeds(text: str, a: Union[SeedStats, Sequence[float]], b: Union[SeedStats, Sequence[float]],
+                  scale: float = 100.0, names: tuple[str, str] = ("", "")) -> Claim:
+    """The claim "a beats b" judged on seeded values (higher is better).
+
+    When ``a`` and ``b`` are :class:`SeedStats` over the same seeds, the claim is judged on the
+    per-seed differences (:func:`paired_difference`: mean, standard error, 95 % t interval with
+    n − 1 degrees of freedom); otherwise on the difference of the means with Welch's standard
+    error and degrees of freedom. It *holds* when the interval lies above 0, *fails* when it lies
+    below 0, and is *within noise* when it contains 0. With fewer than two values on a side it is
+    *not tested*, and so it is when neither arm ever exceeds :data:`FLOOR` (neither detects).
+    """
+    sa, sb = (x if isinstance(x, SeedStats) else SeedStats(tuple(x)) for x in (a, b))
+    na, nb = names
+    numbers = f"{na}{' ' if na else ''}{sa.format(scale)} vs {nb}{' ' if nb else ''}{sb.format(scale)}"
+    if sa.n < 2 or sb.n < 2:
+        return Claim(text, NOT_TESTED, f"{numbers}: one seed gives no estimate of the noise")
+    silent = [name or side for name, side, s in ((na, "the first", sa), (nb, "the second", sb))
+              if max(s.values) <= FLOOR]
+    if len(silent) == 2:
+        return Claim(text, NOT_TESTED, f"{numbers}: neither detects anything in any seed")
+    if sa.seeds is not None and sa.seeds == sb.seeds:
+        d = paired_difference(sa.values, sb.values)
+        mean, se, low, high, how = d.mean, d.sem, d.low, d.high, f"paired over {sa.n} seeds"
+    else:
+        mean, va, vb = sa.mean - sb.mean, sa.sem ** 2, sb.sem ** 2
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else sa.n + sb.n - 2
+        df = max(1, math.floor(df + 1e-9))  # Welch–Satterthwaite, rounded down: the wider interval
+        half = t_critical(df) * se
+        low, high, how = mean - half, mean + half, f"Welch, {df} df"
+    verdict = HOLDS if low > 0 else FAILS if high < 0 else WITHIN_NOISE
+    note = f"; {silent[0]} detects nothing in any seed" if silent else ""
+    return Claim(text, verdict, f"{numbers}; difference {scale * mean:+.1f} ± {scale * se:.1f} (SE), 95 % interval "
+                                f"[{scale * low:+.1f}, {scale * high:+.1f}] ({how}){note}")
 
 
 def format_claims(claims: Sequence[Claim]) -> str:
