@@ -307,7 +307,7 @@ def compare(
         folder = Path(out) / f"{name.split()[0].lower()}_{kind or config.loss_fn}_{config.image_size}px"
         config = dataclasses.replace(config, out=str(folder))
         build = None if kind is None else partial(_torchvision_model, kind=kind)
-        runs = run_seeds(config, seeds, progress=progress, build=build)
+        runs = run_seeds(config, seeds, progress=progress, build=build, model=None if kind is None else kind)
         model = _trained(dataclasses.replace(config, seed=runs[0].seed, out=runs[0].out), kind, device)
         _, val_set = datasets(config)
         batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)

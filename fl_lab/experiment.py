@@ -11,6 +11,7 @@ again, so a study can be stopped and continued, and lessons can read committed r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -21,9 +22,10 @@ from typing import Callable, Optional, Sequence, TypeVar
 from torch import nn
 
 from .analysis import SeedStats
-from .train import Config, Diverged, run
+from .train import Config, Diverged, backbone_weights_file, run
 
-__all__ = ["RECORD", "RunRecord", "read_results", "run_once", "run_seeds", "seed_stats", "write_results"]
+__all__ = ["RECORD", "RunRecord", "describe_loss", "read_results", "run_once", "run_seeds", "seed_stats",
+           "write_results"]
 
 RECORD = "run.json"
 _TAIL = 20  # the final losses are averaged over the last this many steps run
@@ -36,7 +38,10 @@ class RunRecord:
     config: the run's :class:`Config` as a dict; metrics: AP dict (:data:`fl_lab.evaluate.METRICS`)
     or None if it diverged; diverged_at: the iteration of the first non-finite loss, else None;
     final: mean cls / box / total loss over the last 20 iterations; seconds: training + evaluation
-    wall time when it was made; out: its folder.
+    wall time when it was made; out: its folder. What really trained, whatever ``config`` says of
+    fields a detector ignores: model (the detector), loss (its classification loss and settings)
+    and weights_sha256 (of the backbone weights file it started from; None from scratch). Records
+    written before these three existed read back with their defaults ("", "", None).
     """
 
     config: dict
@@ -45,6 +50,9 @@ class RunRecord:
     final: dict
     seconds: float
     out: str
+    model: str = ""
+    loss: str = ""
+    weights_sha256: Optional[str] = None
 
     @property
     def seed(self) -> int:
@@ -74,12 +82,13 @@ def _same_run(saved: dict, config: Config) -> bool:
 
 
 def run_once(config: Config, progress: bool = True, rerun: bool = False,
-             build: Optional[Callable[[Config, int], nn.Module]] = None) -> RunRecord:
+             build: Optional[Callable[[Config, int], nn.Module]] = None, model: Optional[str] = None) -> RunRecord:
     """Train and evaluate ``config`` in ``config.out``, or read the run back if it was made already.
 
     A folder whose ``run.json`` holds the same configuration is read back (``rerun=True``
     trains again). A run whose loss becomes NaN/inf is recorded as diverged, with the
-    iteration. ``build`` is passed to :func:`fl_lab.train.run` (other detectors than RetinaNet).
+    iteration. ``build`` is passed to :func:`fl_lab.train.run` (other detectors than RetinaNet,
+    which train with their own losses), ``model`` names what it builds (default: RetinaNet).
     """
     config = dataclasses.replace(config, evaluate=True, stop_after=None)
     record = Path(config.out) / RECORD
@@ -93,21 +102,41 @@ def run_once(config: Config, progress: bool = True, rerun: bool = False,
         metrics, history, diverged_at = outcome["metrics"], outcome["history"], None
     except Diverged as err:
         metrics, history, diverged_at = None, err.history, err.step
+    weights = backbone_weights_file(config)
     result = RunRecord(dataclasses.asdict(config), metrics, diverged_at, _final_losses(history),
-                       time.perf_counter() - start, config.out)
+                       time.perf_counter() - start, config.out,
+                       model=model or f"RetinaNet ({config.backbone})",
+                       loss=describe_loss(config) if build is None else f"{model or 'the detector'}'s own",
+                       weights_sha256=None if weights is None else _sha256(weights))
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
 
+def describe_loss(config: Config) -> str:
+    """The classification loss a RetinaNet of ``config`` trains with, and the settings it uses."""
+    fn = config.loss_kwargs()["loss_fn"]
+    settings = {k: v for k, v in fn.keywords.items() if k != "check_values"}
+    return f"{config.loss_fn}({', '.join(f'{k}={v}' for k, v in settings.items())})"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_seeds(config: Config, seeds: Sequence[int], progress: bool = True, rerun: bool = False,
-              build: Optional[Callable[[Config, int], nn.Module]] = None) -> list[RunRecord]:
+              build: Optional[Callable[[Config, int], nn.Module]] = None, model: Optional[str] = None
+              ) -> list[RunRecord]:
     """:func:`run_once` for each seed, in ``config.out/seed<s>``: same data recipe, budget and code."""
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds must be distinct ints, at least one, got {seeds!r}")
     return [run_once(dataclasses.replace(config, seed=s, out=str(Path(config.out) / f"seed{s}")), progress, rerun,
-                     build) for s in seeds]
+                     build, model) for s in seeds]
 
 
 def seed_stats(records: Sequence[RunRecord], metric: str = "AP") -> SeedStats:

@@ -173,6 +173,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     """The command line end to end: every design over two seeds, fine-tuned like the lessons' regime from
     one weights file, scored, timed, judged, written; then read back."""
     import dataclasses
+    import hashlib
     import json
 
     from fl_lab import compare
@@ -202,6 +203,14 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert entries[4]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
     # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
     assert [e["runs"][0]["config"]["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
+    # each record says what trained: torchvision's detectors with their own losses, whatever the config's loss_fn
+    assert [(e["runs"][0]["model"], e["runs"][0]["loss"]) for e in entries] == [
+        ("RetinaNet (resnet18)", "focal(gamma=2.0, alpha=0.25)"), ("RetinaNet (resnet18)",
+                                                                     "focal(gamma=2.0, alpha=0.25)"),
+        ("RetinaNet (resnet18)", "balanced_ce(alpha=0.75)"), ("faster_rcnn", "faster_rcnn's own"),
+        ("ssdlite", "ssdlite's own")]
+    digest = hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
+    assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 4 + [None]
     outs = [run["out"] for e in entries for run in e["runs"]]
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
     assert all(e["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4

@@ -53,3 +53,25 @@ def test_bad_seeds_are_refused(tmp_path):
         with pytest.raises(ValueError, match="seeds"):
             run_seeds(tiny(tmp_path), seeds, progress=False)
     assert RunRecord({"seed": 0}, None, 3, {}, 0.0, "").metric("AP50") == 0.0
+
+
+def test_a_record_names_what_really_trained(tmp_path):
+    import hashlib
+
+    import torch
+    import torchvision
+
+    weights = tmp_path / "r18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    record = run_once(tiny(tmp_path / "fl", loss_fn="focal", gamma=1.0, alpha=0.5, backbone_weights=str(weights)),
+                      progress=False)
+    assert record.model == "RetinaNet (resnet18)" and record.loss == "focal(gamma=1.0, alpha=0.5)"
+    assert record.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    scratch = run_once(tiny(tmp_path / "ce", loss_fn="balanced_ce"), progress=False)
+    assert scratch.loss == "balanced_ce()" and scratch.weights_sha256 is None  # α-CE at its own default α
+    saved = json.loads((tmp_path / "fl" / RECORD).read_text())
+    assert saved["loss"] == record.loss and saved["weights_sha256"] == record.weights_sha256
+    # a record written before these fields existed still reads back
+    old = {k: v for k, v in saved.items() if k not in ("model", "loss", "weights_sha256")}
+    assert RunRecord(**old).model == "" and RunRecord(**old).weights_sha256 is None

@@ -21,7 +21,7 @@ from ..evaluate import evaluate
 from ..anchors import AnchorGenerator
 from ..model import RetinaNet
 from ..pretrain import shapes_weights
-from ..weights import cached_imagenet_weights
+from ..weights import cached_imagenet_weights, imagenet_weights
 from .config import Config
 from .loop import load_checkpoint, train
 
@@ -55,10 +55,11 @@ def anchor_generator(config: Config) -> AnchorGenerator:
 
 
 def backbone_weights_file(config: Config) -> Optional[str]:
-    """The backbone weights ``config`` fine-tunes from: ``backbone_weights`` with ``"shapes"``
-    resolved to its cache file (:func:`fl_lab.pretrain.shapes_weights`, made once) and
-    ``"pretrained"`` to torchvision's ImageNet file if the torch hub cache holds it, else to
-    ``"shapes"``'s (nothing is downloaded); None from scratch."""
+    """The backbone weights file ``config`` fine-tunes from: ``backbone_weights`` with ``"shapes"``
+    resolved to its cache file (:func:`fl_lab.pretrain.shapes_weights`, made once), ``"imagenet"``
+    to torchvision's (:func:`fl_lab.weights.imagenet_weights`, fetched once) and ``"pretrained"``
+    to torchvision's ImageNet file if the torch hub cache holds it, else to ``"shapes"``'s (nothing
+    is downloaded); None from scratch."""
     if config.backbone_weights == "pretrained":
         cached = cached_imagenet_weights(config.backbone)
         if cached is not None:
@@ -66,6 +67,8 @@ def backbone_weights_file(config: Config) -> Optional[str]:
     if config.backbone_weights in ("shapes", "pretrained"):
         device = None if config.device == "auto" else config.device
         return str(shapes_weights(config.backbone, device=device))
+    if config.backbone_weights == "imagenet":
+        return str(imagenet_weights(config.backbone))
     return config.backbone_weights
 
 
