@@ -1,0 +1,47 @@
+"""fl_lab.confirm: every arm searched alike on exploration seeds, its choice judged on the confirmation seeds."""
+
+import json
+
+import pytest
+
+from fl_lab import confirm
+from fl_lab.analysis import VERDICTS
+from fl_lab.train import Config
+
+TINY = dict(image_size=64, train_images=8, val_images=4, num_classes=2, backbone="resnet18", fpn_channels=16,
+            head_convs=1, batch_size=2, steps=2, warmup=1, workers=0, min_object_size=16.0, log_every=1,
+            checkpoint_every=0, device="cpu")
+ARMS = (confirm.Arm("FL", {"lr 0.01": dict(loss_fn="focal", lr=0.01), "lr 0.02": dict(loss_fn="focal", lr=0.02)}),
+        confirm.Arm("CE", {"α .5": dict(loss_fn="balanced_ce", alpha=0.5),
+                           "α .9": dict(loss_fn="balanced_ce", alpha=0.9)}))
+
+
+def test_each_arm_runs_the_same_search_then_its_choice_on_other_seeds(tmp_path):
+    outcomes = confirm.explore_then_confirm(Config(**TINY), ARMS, tmp_path, progress=False, explore_seeds=(0, 1),
+                                            confirm_seeds=(100, 101))
+    for outcome, arm in zip(outcomes, ARMS):
+        assert list(outcome.explored) == list(arm.candidates)
+        assert all([r.seed for r in runs] == [0, 1] for runs in outcome.explored.values())
+        means = {label: sum(r.ap for r in runs) / 2 for label, runs in outcome.explored.items()}
+        assert outcome.chosen == max(means, key=means.get)  # the best mean on the exploration seeds
+        assert [r.seed for r in outcome.confirmed] == [100, 101]
+        assert all(r.config[k] == v for r in outcome.confirmed for k, v in arm.candidates[outcome.chosen].items())
+    (claim,) = confirm.claims(outcomes)
+    assert claim.verdict in VERDICTS and f"FL ({outcomes[0].chosen}) beats CE ({outcomes[1].chosen})" in claim.text
+    with pytest.raises(ValueError, match="exploration and confirmation seeds must differ"):
+        confirm.explore_then_confirm(Config(**TINY), ARMS, tmp_path, explore_seeds=(0, 1), confirm_seeds=(1, 2))
+
+
+def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(confirm, "lessons_base", lambda: Config(**TINY))
+    monkeypatch.setattr(confirm, "LESSONS_ARMS", ARMS)
+    monkeypatch.setattr(confirm, "EXPLORE_SEEDS", (0, 1))
+    monkeypatch.setattr(confirm, "CONFIRM_SEEDS", (100, 101))
+    assert confirm.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "res" / "confirm.json").read_text())
+    loaded = confirm.load_results(tmp_path / "res" / "confirm.json")
+    assert confirm.format_outcomes(loaded) in printed
+    assert [o.chosen for o in loaded] == [a["chosen"] for a in saved["arms"]]
+    assert [c.verdict for c in confirm.claims(loaded)] == [c["verdict"] for c in saved["claims"]]
+    assert (tmp_path / "res" / "confirm.png").stat().st_size > 1000
