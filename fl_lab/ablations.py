@@ -140,8 +140,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
     fast (CI, any device): that preset cut to 20 iterations -- seconds a run, enough to run the
     code and show the prior's effect on the first loss, far too short for AP to separate the losses.
-    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations, sized for
-    one run to take about 75 s on one H100 (18 rows × 3 seeds: about an hour; an estimate, not yet timed on one);
+    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations (not yet timed on a GPU);
     from scratch unless ``backbone_weights`` says otherwise (``"pretrained"`` fine-tunes as the preset does).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``

@@ -12,6 +12,7 @@ as in torchvision: 0.5 is a wide box.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -114,7 +115,9 @@ class AnchorGenerator:
         Row ``i * len(scales) + j`` has aspect ratio i and scale j; width = side / √ratio and
         height = side × √ratio, so every anchor of a scale has area side².
         """
-        base = self.sizes[level]
+        if isinstance(level, bool) or not isinstance(level, numbers.Integral) or not 0 <= level < len(self.sizes):
+            raise ValueError(f"level must be an integer in 0..{len(self.sizes) - 1} (0 = P3), got {level!r}")
+        base = self.sizes[int(level)]
         sides = [base * s for s in self.scales]
         if self.integer_sizes:
             sides = [float(int(s)) for s in sides]

@@ -18,6 +18,14 @@ from torch import Tensor
 __all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image", "random_boxes", "top_k_per_group"]
 
 
+def _check_last_dim(**tensors: Tensor) -> None:
+    """Raise ValueError naming the first argument that is not a tensor of shape (..., 4)."""
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != 4:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor of shape (..., 4) (x1, y1, x2, y2 or four deltas), got {shape}")
+
+
 class BoxCoder:
     """Encode boxes as offsets from anchors, and decode them back (R-CNN parametrisation).
 
@@ -44,6 +52,7 @@ class BoxCoder:
         Anchors must have positive width and height. A zero-width or zero-height *box*
         gives t_w or t_h = -inf: filter degenerate boxes before encoding (the matcher does).
         """
+        _check_last_dim(boxes=boxes, anchors=anchors)
         anchors = anchors.to(boxes.dtype)
         wx, wy, ww, wh = self.weights
         a_w = anchors[..., 2] - anchors[..., 0]
@@ -70,6 +79,7 @@ class BoxCoder:
         Computed in fp32 for half-precision deltas (``exp`` of a clamped 4.1 is 60: fine in
         fp16, but the products with pixel sizes lose too many digits), in fp64 for fp64.
         """
+        _check_last_dim(deltas=deltas, anchors=anchors)
         dtype = torch.float32 if deltas.dtype in (torch.float16, torch.bfloat16) else deltas.dtype
         deltas = deltas.to(dtype)
         anchors = anchors.to(dtype)

@@ -101,8 +101,8 @@ def study_rows() -> list[Row]:
         Row(SPARSE, "500 iterations", SPARSEST),
         Row(SPARSE, "2000 iterations", dict(SPARSEST, steps=2000, warmup=200)),
         Row(PRETRAINED, "1-10 objects per image", dict(max_objects=10, backbone_weights=PRETRAINED_WEIGHTS)),
-        # the reference row's search over α again, for both losses: the best against the best; five
-        # seeds (fixed before any of seeds 3-4 ran): the lesson regime, where three left the gap within noise
+        # the reference row's search over α again, for both losses: the best against the best, on five
+        # seeds (results/fl_vs_ce/README.md says how they came about; fl_lab.confirm is the protocol now)
         Row(PRETRAINED, ONE_OBJECT, dict(backbone_weights=PRETRAINED_WEIGHTS), SEARCH, LESSON_SEEDS),
         Row(PRETRAINED, "5 of 6 images empty", dict(SPARSEST, backbone_weights=PRETRAINED_WEIGHTS)),
         # the lesson regime's schedule: its 500 iterations are the row above's runs (seeds 0-2)

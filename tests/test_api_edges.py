@@ -70,3 +70,15 @@ def test_anchor_generator_image_size():
     for bad in (64, (64,), (0, 64), (64.5, 64), "64x64"):
         with pytest.raises(ValueError, match="image_size"):
             AnchorGenerator().gen(bad)
+
+
+def test_box_coding_and_cell_anchors_name_a_bad_argument():
+    from fl_lab.boxes import BoxCoder
+
+    with pytest.raises(ValueError, match=r"boxes must be a tensor of shape \(\.\.\., 4\).*got \(1, 3\)"):
+        BoxCoder().encode(torch.zeros(1, 3), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"anchors must be a tensor of shape \(\.\.\., 4\).*got \(5,\)"):
+        BoxCoder().decode(torch.zeros(2, 4), torch.zeros(5))
+    with pytest.raises(ValueError, match=r"level must be an integer in 0\.\.4 \(0 = P3\), got 7"):
+        AnchorGenerator().cell_anchors(level=7)
+    assert AnchorGenerator().cell_anchors(level=torch.tensor(2).item()).shape == (9, 4)
