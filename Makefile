@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml Makefile tools/jupyterlab_overrides.json
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks
 
-# Unit tests and every notebook under nbval, in fast mode (settings in pyproject.toml).
+# The linter (settings in pyproject.toml), then unit tests and every notebook under nbval, in fast mode.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	FL_LAB_FAST=1 $(BIN)/python -m pytest
 
 # Contributors: re-execute the notebooks in fast mode and strip images before committing.

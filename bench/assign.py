@@ -38,12 +38,12 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, device_from, format_table, machine, median_ms, ratio, write_json  # noqa: E402
+from common import bench_parser, device_from, format_table, machine, median_ms, ratio, write_json
 
-from fl_lab.anchors import AnchorGenerator  # noqa: E402
-from fl_lab.boxes import random_boxes  # noqa: E402
-from fl_lab.loss import IGNORE  # noqa: E402
-from fl_lab.matcher import AssignedTargets, assign_targets, pad_targets  # noqa: E402
+from fl_lab.anchors import AnchorGenerator
+from fl_lab.boxes import random_boxes
+from fl_lab.loss import IGNORE
+from fl_lab.matcher import AssignedTargets, assign_targets, pad_targets
 
 NUM_CLASSES = 80
 #: (images, image side, most objects in an image)
@@ -79,7 +79,7 @@ class TorchvisionAssign:
 
     def __call__(self, anchors: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> list[tuple[Tensor, ...]]:
         out = []
-        for boxes_i, labels_i in zip(boxes, labels):
+        for boxes_i, labels_i in zip(boxes, labels, strict=True):
             # RetinaNet.compute_loss
             if boxes_i.numel() == 0:
                 matched = torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)

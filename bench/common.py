@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -21,16 +20,17 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from fl_lab.torch_utils import median_ms, resolve_device, sync  # noqa: F401 (the benchmarks' timer)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_from(name: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
-    return torch.device(name)
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; one a machine lacks ends the benchmark with the reason."""
+    try:
+        return resolve_device(name)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -49,25 +49,6 @@ def bench_parser(script: str, doc: str, quick_help: str) -> argparse.ArgumentPar
     parser.add_argument("--repeats", type=_positive_int, default=7, help="timed runs of each (default 7)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for {script}_<device>.json")
     return parser
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
@@ -142,7 +123,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
     return "\n".join([line([str(h) for h in headers]), "-" * (sum(widths) + 2 * (len(widths) - 1)),
                       *(line(r) for r in cells)])
 

@@ -26,9 +26,19 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, copy_floor_ms, device_from, format_table, machine, median_ms, peak_memory_mib, ratio, write_json  # noqa: E402
+from common import (
+    bench_parser,
+    copy_floor_ms,
+    device_from,
+    format_table,
+    machine,
+    median_ms,
+    peak_memory_mib,
+    ratio,
+    write_json,
+)
 
-from fl_lab.loss import BACKGROUND, IGNORE, focal_loss  # noqa: E402
+from fl_lab.loss import BACKGROUND, IGNORE, focal_loss
 
 SIZES = [(100_000, 80), (200_000, 80)]
 QUICK_SIZES = [(2_000, 80)]
@@ -75,14 +85,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if not torch.allclose(ours, theirs, rtol=1e-4):
             raise RuntimeError(f"fl_lab and torchvision disagree on ({n}, {k}): {ours.item()} vs {theirs.item()}")
 
-        cases = {
-            "fl_lab": lambda x: focal_loss(x, target),
-            "fl_lab reference": lambda x: focal_loss(x, target, fused=False),
-            "tv": lambda x: sigmoid_focal_loss(x[keep], dense, 0.25, 2.0, "sum"),
-            "tv + one-hot": lambda x: sigmoid_focal_loss(x[keep], one_hot_valid(x, target)[1], 0.25, 2.0, "sum"),
+        cases = {  # (defaults bind this size's tensors)
+            "fl_lab": lambda x, t=target: focal_loss(x, t),
+            "fl_lab reference": lambda x, t=target: focal_loss(x, t, fused=False),
+            "tv": lambda x, k=keep, d=dense: sigmoid_focal_loss(x[k], d, 0.25, 2.0, "sum"),
+            "tv + one-hot": lambda x, k=keep, t=target: sigmoid_focal_loss(x[k], one_hot_valid(x, t)[1], 0.25, 2.0,
+                                                                           "sum"),
         }
-        ms = {name: median_ms(lambda f=f: _step(f, logits), device, repeats=args.repeats) for name, f in cases.items()}
-        mem = {name: peak_memory_mib(lambda f=f: _step(f, logits), device) for name, f in cases.items()}
+        ms = {name: median_ms(lambda f=f, x=logits: _step(f, x), device, repeats=args.repeats)
+              for name, f in cases.items()}
+        mem = {name: peak_memory_mib(lambda f=f, x=logits: _step(f, x), device) for name, f in cases.items()}
         moved = 2 * logits.numel() * logits.element_size()  # read the logits once, write the gradient once
         floor = copy_floor_ms(moved // 2, device)  # a copy of the logits reads and writes exactly these bytes
         row = {

@@ -46,11 +46,11 @@ from torchvision.models.detection import retinanet_resnet50_fpn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from assign import interleaved_ms  # noqa: E402
-from common import bench_parser, device_from, format_table, machine, ratio, write_json  # noqa: E402
-from train_vs_torchvision import TorchvisionAdapter, build_torchvision  # noqa: E402
+from assign import interleaved_ms
+from common import bench_parser, device_from, format_table, machine, ratio, write_json
+from train_vs_torchvision import TorchvisionAdapter, build_torchvision
 
-from fl_lab.model import RetinaNet, RetinaNetOutput  # noqa: E402
+from fl_lab.model import RetinaNet, RetinaNetOutput
 
 NUM_CLASSES = 80
 TV_NUM_CLASSES = 91  # torchvision's COCO head
@@ -100,10 +100,11 @@ def check_same_detections(ours: list[dict[str, Tensor]], theirs: list[dict[str, 
 
     Compared in (class, box) order: detections of equal score may come in either order.
     """
-    for i, (a, b) in enumerate(zip(ours, theirs)):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         if len(a["scores"]) != len(b["scores"]):
             raise RuntimeError(f"image {i}: fl_lab has {len(a['scores'])} detections, torchvision {len(b['scores'])}")
-        canonical = [sorted(zip(d["labels"].tolist(), d["boxes"].tolist(), d["scores"].tolist())) for d in (a, b)]
+        canonical = [sorted(zip(d["labels"].tolist(), d["boxes"].tolist(), d["scores"].tolist(), strict=True))
+                     for d in (a, b)]
         same_pairs = [c[:2] for c in canonical[0]] == [c[:2] for c in canonical[1]]
         scores = [torch.tensor([c[2] for c in side]) for side in canonical]
         if not (same_pairs and torch.allclose(scores[0], scores[1], rtol=1e-5, atol=0)):
@@ -138,8 +139,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         {"case": f"post-processing, {shape}", "fl_lab_ms": post["fl_lab"], "torchvision_ms": post["torchvision"],
          "speedup": ratio(post["fl_lab"], post["torchvision"]), "scores_above_thresh_per_image": above,
          "candidates_per_image": candidates},
-        {"case": f"forward + detect, {images_n} × {side}², {backbone}", "fl_lab_ms": e2e["fl_lab"], "torchvision_ms": e2e["torchvision"],
-         "speedup": ratio(e2e["fl_lab"], e2e["torchvision"])},
+        {"case": f"forward + detect, {images_n} × {side}², {backbone}", "fl_lab_ms": e2e["fl_lab"],
+         "torchvision_ms": e2e["torchvision"], "speedup": ratio(e2e["fl_lab"], e2e["torchvision"])},
     ]
     for row in rows:
         row.update(images=images_n, image_size=[side, side], backbone=backbone, **SETTINGS)

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, machine, write_json  # noqa: E402
+from common import format_table, machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

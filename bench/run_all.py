@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_from, machine  # noqa: E402
+from common import RESULTS, device_from, machine
 
 BENCHMARKS = ["focal_loss", "assign", "train_step", "inference"]
 

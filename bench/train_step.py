@@ -43,8 +43,8 @@ from fl_lab.train import PRESETS, Config, TrainSettings, build_model, sgd, train
 from fl_lab.train import train_step as fl_lab_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, device_from, format_table, machine, median_ms, ratio, sync, write_json  # noqa: E402
-from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision  # noqa: E402
+from common import bench_parser, device_from, format_table, machine, median_ms, ratio, sync, write_json
+from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision
 
 #: H100 SXM dense peaks in TFLOP/s. cuDNN runs fp32 convolutions as TF32 unless that is switched
 #: off (torch.backends.cudnn.allow_tf32, on by default), so TF32's peak is fp32's default.
@@ -172,7 +172,7 @@ def measure(case: Case, device: torch.device, repeats: int, peak_tflops: Optiona
     times: dict[str, list[float]] = {name: [] for name in MODELS}
     for _ in range(repeats):
         for name, c in both.items():
-            times[name].append(median_ms(lambda: train_step(c, batch, case.bf16), device, repeats=1, warmup=0))
+            times[name].append(median_ms(lambda c=c: train_step(c, batch, case.bf16), device, repeats=1, warmup=0))
     ms = {name: statistics.median(t) for name, t in times.items()}
     if profiled:
         for name, c in both.items():
@@ -191,7 +191,10 @@ def table(rows: list[dict]) -> str:
     """The printed table: one line per case, both models side by side."""
     headers = ("case", "fl_lab ms/step", "torchvision ms/step", "speed-up", "fl_lab img/s", "torchvision img/s",
                "fl_lab GFLOP/step", "torchvision GFLOP/step", "fl_lab MFU %", "torchvision MFU %")
-    percent = lambda v: None if v is None else 100 * v
+
+    def percent(v: Optional[float]) -> Optional[float]:
+        return None if v is None else 100 * v
+
     return format_table(headers, [
         (r["case"], r["fl_lab_ms"], r["torchvision_ms"], r["speedup"], r["fl_lab_images_per_s"],
          r["torchvision_images_per_s"], r["fl_lab_gflop"], r["torchvision_gflop"], percent(r["fl_lab_mfu"]),
@@ -224,7 +227,7 @@ def measure_loop(name: str, config: Config, device: torch.device, repeats: int, 
     for log_every in (1, steps, 1):  # the first pass warms up
         settings = TrainSettings(steps=steps, lr=1e-4, warmup=0, amp=config.amp, loss_kwargs=config.loss_kwargs(),
                                  log_every=log_every)
-        ms[log_every] = median_ms(lambda: train(model, [batch], settings, device, progress=False), device,
+        ms[log_every] = median_ms(lambda s=settings: train(model, [batch], s, device, progress=False), device,
                                   repeats=repeats, warmup=0) / steps
     return {"case": name, "every_step_ms": ms[1], "every_log_ms": ms[steps], "speedup": ratio(ms[steps], ms[1])}
 

@@ -45,6 +45,7 @@ from fl_lab.data import collate
 from fl_lab.data.sampler import FlipByKey, TrainSampler
 from fl_lab.evaluate import evaluate
 from fl_lab.model import RetinaNetOutput
+from fl_lab.torch_utils import resolve_device
 from fl_lab.train import PRESETS, Config, build_model, datasets, train
 
 __all__ = ["TorchvisionAdapter", "bench_config", "build_torchvision", "compare", "format_table", "main"]
@@ -83,7 +84,8 @@ class TorchvisionAdapter(nn.Module):
         self.tv = tv
 
     def forward(self, images: Tensor) -> RetinaNetOutput:
-        """images (B, 3, H, W) normalised -> cls_logits (B, A_total, K), box_deltas (B, A_total, 4), anchors (A_total, 4)."""
+        """images (B, 3, H, W) normalised -> cls_logits (B, A_total, K), box_deltas (B, A_total, 4),
+        anchors (A_total, 4)."""
         features = list(self.tv.backbone(images).values())  # P3 … P7
         head = self.tv.head(features)
         size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -139,20 +141,17 @@ def bench_config(preset: str = "cpu-fast", **overrides) -> Config:
     given = {k: v for k, v in overrides.items() if v is not None}
     config = Config(**{**PRESETS[preset], **given})
     # Without GroupNorm in the heads: the paper's lr 0.01 at batch 16, scaled linearly with the batch
-    # (cpu-fast's 0.02 assumes GN heads and diverged here at step 80; 0.01 at batch 8 diverged at step 855).
+    # (cpu-fast's 0.02 assumes GN heads, which keep a larger rate stable; bench/README.md has the runs).
     lr = min(config.lr, 0.01 * config.batch_size / 16)
     return dataclasses.replace(config, fpn_channels=TORCHVISION_FPN_CHANNELS, head_convs=TORCHVISION_HEAD_CONVS,
                                head_norm=None, lr=lr, evaluate=True, stop_after=None)
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def _train_and_evaluate(name: str, model: nn.Module, loss_kwargs: Optional[dict], train_set, val_set, config: Config,
                         device: torch.device, progress: bool) -> dict:
     """One row of the table: train ``model`` as configured, then evaluate it."""
-    loader = DataLoader(FlipByKey(train_set), batch_sampler=TrainSampler(len(train_set), config.batch_size, config.seed),
+    loader = DataLoader(FlipByKey(train_set),
+                        batch_sampler=TrainSampler(len(train_set), config.batch_size, config.seed),
                         collate_fn=collate, num_workers=config.workers, pin_memory=device.type == "cuda",
                         persistent_workers=config.workers > 0)
     settings = dataclasses.replace(config.train_settings(), loss_kwargs=loss_kwargs or {})
@@ -184,11 +183,12 @@ def compare(config: Config, progress: bool = True) -> dict:
     Returns {"config": dict, "rows": [fl_lab row, torchvision row], "ratio": {column: fl_lab / torchvision}};
     a row holds model, params, AP, AP50, AP75, train_images_per_s, eval_s, final_loss.
     """
-    device = _device(config.device)
+    device = resolve_device(config.device)
     train_set, val_set = datasets(config)
     rows = []
     fl_model = build_model(config, train_set.num_classes)
-    rows.append(_train_and_evaluate("fl_lab", fl_model, config.loss_kwargs(), train_set, val_set, config, device, progress))
+    rows.append(_train_and_evaluate("fl_lab", fl_model, config.loss_kwargs(), train_set, val_set, config, device,
+                                    progress))
     del fl_model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -1,8 +1,8 @@
 """The paper's Table 1 at small scale: each ablation is a training configuration (lesson 06).
 
-A row is a :class:`fl_lab.train.Config` changed in a few fields -- the loss, γ, α, OHEM's
-settings or the prior initialisation -- trained by :func:`fl_lab.train.run` over several seeds
-(:func:`fl_lab.experiment.run_seeds`) and scored by the same COCO AP. :func:`run_ablations`
+A row is an :class:`fl_lab.experiment.Arm`: the base configuration changed in a few fields --
+the loss, γ, α, OHEM's settings or the prior initialisation -- trained over several seeds
+(:func:`fl_lab.experiment.run_arm`) and scored by the same COCO AP. :func:`run_ablations`
 keeps each run's folder, so a second call reads finished runs back instead of training them
 again. :func:`check_orderings` tests the paper's conclusions on the results, each against
 its seed-to-seed noise: FL (γ = 2) beats the best α-balanced CE (Table 1a/b) and the best
@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from .analysis import NOT_TESTED, Claim, SeedStats, compare_seeds
-from .experiment import (RunRecord, command_line, parse_seeds, read_results, run_or_exit, run_seeds, seed_stats,
-                         write_results)
+from .analysis import NOT_TESTED, Claim, compare_seeds
+from .experiment import (
+    Arm,
+    ArmResult,
+    command_line,
+    experiment_parser,
+    parse_seeds,
+    read_results,
+    run_arm,
+    run_or_exit,
+    write_results,
+)
 from .train import PRESETS, Config
 
 __all__ = [
-    "Ablation",
-    "AblationResult",
     "check_orderings",
     "figure_rows",
     "format_table",
@@ -37,44 +43,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Ablation:
-    """One row of Table 1: a name, its part of the table, and the Config fields it changes.
-
-    paper: the paper's (AP, AP50, AP75) for this setting, as far as ../shared/PAPER.md states
-    them (AP alone where only AP is given); None where the paper reports no number.
-    paper_note: what the paper says when there is no number, or where its row differs (R101).
-    """
-
-    name: str
-    group: str
-    overrides: dict = field(default_factory=dict)
-    paper: Optional[tuple[float, ...]] = None
-    paper_note: str = ""
-
-
-@dataclass
-class AblationResult:
-    """One row of the table: its runs, one per seed (:class:`fl_lab.experiment.RunRecord`)."""
-
-    ablation: Ablation
-    runs: list[RunRecord]
-
-    def stats(self, metric: str = "AP") -> SeedStats:
-        """The metric over seeds; a diverged run counts 0 (it detects nothing)."""
-        return seed_stats(self.runs, metric)
-
-    @property
-    def ap(self) -> float:
-        """Mean AP over seeds."""
-        return self.stats().mean
-
-    @property
-    def diverged(self) -> list[int]:
-        """The iteration at which each diverged seed's loss stopped being finite."""
-        return [r.diverged_at for r in self.runs if r.diverged_at is not None]
-
-
 SEEDS = (0, 1, 2)
 """The seeds of every seeded result of the kit (never chosen after seeing results)."""
 
@@ -83,22 +51,22 @@ ALPHA_CE, FOCAL, ANCHORS, OHEM, PRIOR = ("(a) α-balanced CE", "(b) focal loss",
                                          "(d) OHEM (paper: R101)", "prior init (§3.3)")
 
 
-def alpha_ce(alpha: float, paper: Optional[tuple[float, ...]] = None) -> Ablation:
-    return Ablation(f"α-CE α={alpha:g}", ALPHA_CE, dict(loss_fn="balanced_ce", alpha=alpha), paper)
+def alpha_ce(alpha: float, paper: Optional[tuple[float, ...]] = None) -> Arm:
+    return Arm(f"α-CE α={alpha:g}", ALPHA_CE, dict(loss_fn="balanced_ce", alpha=alpha), paper)
 
 
-def focal(gamma: float, alpha: float, paper: Optional[tuple[float, ...]] = None) -> Ablation:
-    return Ablation(f"FL γ={gamma:g} α={alpha:g}", FOCAL, dict(loss_fn="focal", gamma=gamma, alpha=alpha), paper)
+def focal(gamma: float, alpha: float, paper: Optional[tuple[float, ...]] = None) -> Arm:
+    return Arm(f"FL γ={gamma:g} α={alpha:g}", FOCAL, dict(loss_fn="focal", gamma=gamma, alpha=alpha), paper)
 
 
-def _ohem(batch: int, nms: float, ratio: bool = False, paper=None, note: str = "") -> Ablation:
+def _ohem(batch: int, nms: float, ratio: bool = False, paper=None, note: str = "") -> Arm:
     name = f"OHEM{' 1:3' if ratio else ''} B={batch} nms={nms:g}"
     overrides = dict(loss_fn="ohem", ohem_batch=batch, ohem_nms=nms, ohem_max_pos_fraction=0.25 if ratio else None)
-    return Ablation(name, OHEM, overrides, paper, note)
+    return Arm(name, OHEM, overrides, paper, note)
 
 
-def _anchors(scales: int, ratios: int, paper: float) -> Ablation:
-    return Ablation(f"anchors {scales}×{ratios} (FL γ=2)", ANCHORS,
+def _anchors(scales: int, ratios: int, paper: float) -> Arm:
+    return Arm(f"anchors {scales}×{ratios} (FL γ=2)", ANCHORS,
                     dict(loss_fn="focal", gamma=2.0, alpha=0.25, anchor_scales=scales, anchor_ratios=ratios), (paper,),
                     "3×3 is the FL γ=2 row" if scales == 1 else "")
 
@@ -106,11 +74,11 @@ def _anchors(scales: int, ratios: int, paper: float) -> Ablation:
 FL_GAMMA_2 = focal(2.0, 0.25, (34.0, 52.5, 36.5))
 BEST_ALPHA_CE = alpha_ce(0.75, (31.1, 49.4, 33.0))
 BEST_OHEM = _ohem(128, 0.5, paper=(32.8, 50.3, 35.1), note="R101; FL there: 36.0 / 54.9 / 38.7")
-NO_PRIOR = Ablation("CE without prior init", PRIOR, dict(loss_fn="ce", prior=None), None,
+NO_PRIOR = Arm("CE without prior init", PRIOR, dict(loss_fn="ce", prior=None), None,
                     "\"fails quickly, with the network diverging\" (§5.1)")
 
 
-def table1_grid(fast: bool = False) -> list[Ablation]:
+def table1_grid(fast: bool = False) -> list[Arm]:
     """The runs of lesson 06, with the paper's numbers (Table 1, COCO minival, R50 at 600 px).
 
     Full (18 rows): (a) α-balanced CE for α ∈ {.25, .5, .75, .9, .99}; (b) FL for γ ∈ {.5, 1, 2, 5}
@@ -140,7 +108,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     runs are those of the FL-vs-CE study's reference row (:mod:`fl_lab.study`).
     fast (CI, any device): that preset cut to 20 iterations -- seconds a run, enough to run the
     code and show the prior's effect on the first loss, far too short for AP to separate the losses.
-    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations (not yet timed on a GPU);
+    gpu: the ``gpu`` preset (R50-FPN, batch 16, bf16) at 256 px and 1000 iterations;
     from scratch unless ``backbone_weights`` says otherwise (``"pretrained"`` fine-tunes as the preset does).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
@@ -159,57 +127,43 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     return Config(**{**base, "backbone_weights": backbone_weights})
 
 
-def ablation_folder(ablation: Ablation) -> str:
-    """The folder name of an ablation's runs: its name with only letters, digits and ".=-" kept."""
-    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in ablation.name)
+def run_ablations(grid: Sequence[Arm], base: Config, out: str | Path, seeds: Sequence[int] = SEEDS,
+                  progress: bool = True, rerun: bool = False) -> list[ArmResult]:
+    """Train and evaluate every row of ``grid`` on ``base`` (same data, budget and seeds):
+    :func:`fl_lab.experiment.run_arm` for each, its runs in ``out/<name>/seed<s>/`` (finished runs
+    are read back, ``rerun=True`` retrains; a run whose loss becomes NaN/inf is recorded as diverged)."""
+    with tqdm(grid, desc="ablations", disable=not progress) as bar:  # closed before an error is printed
+        return [run_arm(arm, base, out, seeds, rerun=rerun) for arm in bar]
 
 
-def run_ablations(
-    grid: Sequence[Ablation], base: Config, out: str | Path, seeds: Sequence[int] = SEEDS, progress: bool = True,
-    rerun: bool = False,
-) -> list[AblationResult]:
-    """Train and evaluate every ablation of ``grid`` on ``base`` (same data, budget and seeds).
-
-    Each run lives in ``out/<name>/seed<s>/`` (the folder of :func:`fl_lab.train.run` plus
-    ``run.json``); a run already made with the same configuration is read back, not trained
-    again (``rerun=True`` retrains). A run whose loss becomes NaN/inf is recorded as diverged.
-    """
-    results = []
-    for ablation in tqdm(grid, desc="ablations", disable=not progress):
-        try:
-            config = dataclasses.replace(base, **ablation.overrides, out=str(Path(out) / ablation_folder(ablation)))
-        except TypeError as err:
-            raise ValueError(f"ablation {ablation.name!r}: {err}") from None
-        results.append(AblationResult(ablation, run_seeds(config, seeds, progress=False, rerun=rerun)))
-    return results
+def _paper_text(arm: Arm) -> str:
+    numbers = " / ".join(f"{v:.1f}" for v in arm.paper) if arm.paper else "—"
+    return numbers + (f"  ({arm.note})" if arm.note else "")
 
 
-def _paper_text(ablation: Ablation) -> str:
-    numbers = " / ".join(f"{v:.1f}" for v in ablation.paper) if ablation.paper else "—"
-    return numbers + (f"  ({ablation.paper_note})" if ablation.paper_note else "")
-
-
-def format_table(results: Sequence[AblationResult]) -> str:
-    """Our AP / AP50 / AP75 (×100, the paper's unit; mean ± std over seeds) beside the paper's, grouped as in Table 1."""
+def format_table(results: Sequence[ArmResult]) -> str:
+    """Our AP / AP50 / AP75 (×100, the paper's unit; mean ± std over seeds) beside the paper's, grouped as in
+    Table 1."""
     header = f"{'run':<30}{'AP':>16}{'AP50':>16}{'AP75':>16}   {'paper AP / AP50 / AP75':<40}"
     lines, group = [header, "-" * len(header)], None
     for r in results:
-        if r.ablation.group != group:
-            group = r.ablation.group
+        if r.arm.group != group:
+            group = r.arm.group
             lines.append(group)
         ours = "".join(f"{r.stats(k).format():>16}" for k in ("AP", "AP50", "AP75"))
         if r.diverged:
-            ours += f"  (diverged: {len(r.diverged)} of {len(r.runs)} seeds, at iteration {', '.join(map(str, r.diverged))})"
-        lines.append(f"  {r.ablation.name:<28}{ours}   {_paper_text(r.ablation)}")
+            ours += (f"  (diverged: {len(r.diverged)} of {len(r.runs)} seeds, "
+                     f"at iteration {', '.join(map(str, r.diverged))})")
+        lines.append(f"  {r.name:<28}{ours}   {_paper_text(r.arm)}")
     return "\n".join(lines)
 
 
-def _best(results: Sequence[AblationResult], group: str) -> Optional[AblationResult]:
-    runs = [r for r in results if r.ablation.group == group]
+def _best(results: Sequence[ArmResult], group: str) -> Optional[ArmResult]:
+    runs = [r for r in results if r.arm.group == group]
     return max(runs, key=lambda r: r.ap) if runs else None
 
 
-def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
+def check_orderings(results: Sequence[ArmResult]) -> list[Claim]:
     """The orderings of Table 1 that should hold, each judged against the seeds' noise.
 
     1. FL with γ = 2 beats the best α-balanced CE (Table 1a vs 1b: 34.0 vs 31.1).
@@ -221,7 +175,7 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
     (:func:`fl_lab.analysis.compare_seeds`);
     "the best" row of a group is the one with the highest mean AP. A run that diverged counts AP 0.
     """
-    by_name = {r.ablation.name: r for r in results}
+    by_name = {r.name: r for r in results}
     focal = by_name.get(FL_GAMMA_2.name)
     claims = []
     for text, rival in (("FL (γ = 2) beats the best α-balanced CE", _best(results, ALPHA_CE)),
@@ -230,38 +184,38 @@ def check_orderings(results: Sequence[AblationResult]) -> list[Claim]:
             claims.append(Claim(text, NOT_TESTED, "not in this grid"))
         else:
             claims.append(compare_seeds(text, focal.stats(), rival.stats(),
-                                        names=(focal.ablation.name, rival.ablation.name)))
+                                        names=(focal.name, rival.name)))
     text = "CE without the prior init diverges or lags α-CE with it"
     no_prior = by_name.get(NO_PRIOR.name)
     with_prior = by_name.get(alpha_ce(0.5).name) or _best(results, ALPHA_CE)
     if no_prior is None or with_prior is None:
         claims.append(Claim(text, NOT_TESTED, "not in this grid"))
     elif len(no_prior.diverged) == len(no_prior.runs):
-        claims.append(Claim.check(text, True, f"diverged in every seed, at iteration {', '.join(map(str, no_prior.diverged))}"))
+        claims.append(Claim.check(text, True,
+                                  f"diverged in every seed, at iteration {', '.join(map(str, no_prior.diverged))}"))
     else:
         claims.append(compare_seeds(text, with_prior.stats(), no_prior.stats(),
-                                    names=(with_prior.ablation.name, no_prior.ablation.name)))
+                                    names=(with_prior.name, no_prior.name)))
     text = "3 scales × 3 ratios of anchors beat 1 × 1 (Table 1c)"
     sparse = by_name.get(_anchors(1, 1, 30.3).name)
     if focal is None or sparse is None:
         claims.append(Claim(text, NOT_TESTED, "not in this grid"))
     else:
         claims.append(compare_seeds(text, focal.stats(), sparse.stats(),
-                                    names=(focal.ablation.name, sparse.ablation.name)))
+                                    names=(focal.name, sparse.name)))
     return claims
 
 
-def load_results(path: str | Path) -> list[AblationResult]:
+def load_results(path: str | Path) -> list[ArmResult]:
     """The rows of a ``table1.json`` written by ``python -m fl_lab.ablations --results`` (what lessons read)."""
-    rows = read_results(path, "python -m fl_lab.ablations")["rows"]
-    return [AblationResult(Ablation(r["name"], r["group"], r["overrides"], tuple(r["paper"]) if r["paper"] else None,
-                                    r["paper_note"]), [RunRecord(**run) for run in r["runs"]]) for r in rows]
+    return [ArmResult.from_json(r) for r in read_results(path, "python -m fl_lab.ablations")["rows"]]
 
 
-def figure_rows(results: Sequence[AblationResult]) -> list[dict]:
-    """The plain data :func:`fl_lab.plots.ablations_figure` draws: name, group, AP per seed, paper AP, diverged seeds."""
-    return [{"name": r.ablation.name, "group": r.ablation.group, "ap": list(r.stats().values),
-             "paper": r.ablation.paper[0] if r.ablation.paper else None, "diverged": len(r.diverged)} for r in results]
+def figure_rows(results: Sequence[ArmResult]) -> list[dict]:
+    """The plain data :func:`fl_lab.plots.ablations_figure` draws: name, group, AP per seed, paper AP, diverged
+    seeds."""
+    return [{"name": r.name, "group": r.arm.group, "ap": list(r.stats().values),
+             "paper": r.arm.paper[0] if r.arm.paper else None, "diverged": len(r.diverged)} for r in results]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -270,27 +224,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     With ``--results DIR`` also writes ``table1.txt``, ``table1.json`` and ``table1.png`` there
     (what ``results/`` holds after a GPU run).
     """
-    import argparse
-
     from . import plots
     from .analysis import format_claims
-    from .config import fast_mode
+    from .fast_mode import fast_mode
 
-    parser = argparse.ArgumentParser(prog="python -m fl_lab.ablations", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser("python -m fl_lab.ablations", main.__doc__, "runs/table1", seeds="0,1,2; with --fast: 0")
     parser.add_argument("--fast", action="store_true", default=fast_mode(),
                         help="the 4-run, 60-iteration grid of fast mode (default: on when FL_LAB_FAST is set)")
     parser.add_argument("--device", default="auto", help="auto (the GPU base when CUDA is present), cpu or cuda")
-    parser.add_argument("--out", default="runs/table1", help="folder of the runs (finished runs are read back)")
-    parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
     parser.add_argument("--rows", default=None, help="comma-separated row names to run (default: the whole grid), "
                         "e.g. \"FL γ=2 α=0.25,α-CE α=0.75\"")
     parser.add_argument("--backbone-weights", default=None, metavar="FILE",
                         help="fine-tune every run from these backbone weights (python -m fl_lab.pretrain makes them) "
                         "or 'shapes' (the lessons' cpu-pretrained regime; made once into the torch hub cache); "
                         "default: from scratch")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     if args.backbone_weights not in (None, "shapes") and not Path(args.backbone_weights).is_file():
         parser.error(f"--backbone-weights: no file {args.backbone_weights!r}; make it with "
@@ -323,8 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folder = Path(args.results)
         write_results(folder, "table1", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
-            "rows": [{**dataclasses.asdict(r.ablation), "runs": [dataclasses.asdict(run) for run in r.runs]}
-                     for r in results],
+            "rows": [r.to_json() for r in results],
             "claims": [dataclasses.asdict(c) for c in check_orderings(results)]})
         plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {len(seeds)} seeds)"
                                ).savefig(folder / "table1.png", dpi=100)

@@ -141,7 +141,7 @@ class AnchorGenerator:
 
     def _generate(self, image_size: tuple[int, int]) -> Tensor:
         levels = []
-        for level, ((rows, cols), stride) in enumerate(zip(self.feature_sizes(image_size), self.strides)):
+        for level, ((rows, cols), stride) in enumerate(zip(self.feature_sizes(image_size), self.strides, strict=True)):
             cell = self.cell_anchors(level, dtype=torch.float64)
             ys = (torch.arange(rows, dtype=torch.float64) + self.offset) * stride
             xs = (torch.arange(cols, dtype=torch.float64) + self.offset) * stride

@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torchvision.ops import batched_nms
 
-__all__ = ["BoxCoder", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image", "random_boxes", "top_k_per_group"]
+__all__ = ["BoxCoder", "batched_nms_in_runs", "box_iou_batched", "box_iou_broadcast", "check_boxes", "clip_to_image",
+           "random_boxes", "rank_in_group", "top_k_per_group"]
 
 
 def _check_last_dim(**tensors: Tensor) -> None:
@@ -119,7 +121,8 @@ def box_iou_batched(boxes: Tensor, anchors: Tensor) -> Tensor:
     """
     if boxes.dim() != 3 or boxes.shape[-1] != 4 or anchors.dim() != 2 or anchors.shape[-1] != 4:
         raise ValueError(
-            f"box_iou_batched needs boxes (B, G, 4) and anchors (A, 4), got {tuple(boxes.shape)} and {tuple(anchors.shape)}"
+            "box_iou_batched needs boxes (B, G, 4) and anchors (A, 4), "
+            f"got {tuple(boxes.shape)} and {tuple(anchors.shape)}"
         )
     return box_iou_broadcast(boxes.unsqueeze(2), anchors)
 
@@ -193,6 +196,21 @@ def random_boxes(
     return torch.stack((x1, y1, x1 + w, y1 + h), dim=1).float()
 
 
+def rank_in_group(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Rank of each element within its group, keeping the given order, and the group sizes.
+
+    group: (N,) int64 in [0, num_groups). Returns rank (N,) and counts (num_groups,).
+    A stable sort by group keeps each group's elements in their original order, so
+    rank = position in the sorted list - position of the group's first element.
+    """
+    sorted_group, order = torch.sort(group, stable=True)
+    bounds = torch.searchsorted(sorted_group, torch.arange(num_groups + 1, device=group.device))
+    starts, counts = bounds[:-1], bounds.diff()
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.numel(), device=group.device) - starts[sorted_group]
+    return rank, counts
+
+
 def top_k_per_group(group: Tensor, score: Tensor, k: int, num_groups: int) -> Tensor:
     """Indices of the ``k`` highest scores of each group, ordered by group, then by decreasing score.
 
@@ -201,7 +219,29 @@ def top_k_per_group(group: Tensor, score: Tensor, k: int, num_groups: int) -> Te
     then the best detections per image, with it.
     """
     order = torch.argsort(score, descending=True, stable=True)
-    order = order[torch.argsort(group[order], stable=True)]
-    counts = torch.bincount(group, minlength=num_groups)
-    rank = torch.arange(len(order), device=score.device) - (torch.cumsum(counts, 0) - counts)[group[order]]
-    return order[rank < k]
+    rank, _ = rank_in_group(group[order], num_groups)
+    kept = order[rank < k]
+    return kept[torch.argsort(group[kept], stable=True)]
+
+
+def batched_nms_in_runs(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+                        num_groups: int) -> Tensor:
+    """torchvision's ``batched_nms`` (NMS within each group), fast for ~10^4 boxes in ~10^3 groups.
+
+    boxes: (N, 4) x1 y1 x2 y2; scores: (N,); groups: (N,) int64 in 0..num_groups-1. Returns the
+    indices kept, group by group, each group's in decreasing score.
+
+    On a CPU, ``batched_nms`` compares every pair of boxes of a call, and above 1,000 boxes (25,000
+    on a GPU) it makes one call per group instead: both slow for RetinaNet's candidates. Calls on
+    runs of whole groups of ~128 boxes avoid both (on a GPU, whose NMS is parallel, of ~16k). In
+    fp64, so that the offsets ``batched_nms`` adds to keep groups apart leave the coordinates exact.
+    """
+    order = torch.argsort(groups, stable=True)
+    counts = torch.bincount(groups, minlength=num_groups)
+    run_size = 128 if boxes.device.type == "cpu" else 16_384
+    run_of_group = torch.div(torch.cumsum(counts, 0) - counts, run_size, rounding_mode="floor")
+    sizes = [n for n in torch.bincount(run_of_group[groups[order]]).tolist() if n]
+    runs = zip(*(t.split(sizes) for t in (order, boxes[order].double(), scores[order].double(), groups[order])),
+               strict=True)
+    kept = [run[batched_nms(b, s, g, iou_threshold)] for run, b, s, g in runs]
+    return torch.cat(kept) if kept else order

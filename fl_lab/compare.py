@@ -34,20 +34,31 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from tqdm.auto import tqdm
 
-from .analysis import Claim, SeedStats, compare_seeds
+from .analysis import Claim, compare_seeds
 from .data import collate
-from .experiment import (RunRecord, command_line, parse_seeds, read_results, run_or_exit, run_seeds, seed_stats,
-                         write_results)
+from .experiment import (
+    Arm,
+    ArmResult,
+    command_line,
+    experiment_parser,
+    parse_seeds,
+    read_results,
+    run_arm,
+    run_or_exit,
+    write_results,
+)
+from .torch_utils import eval_mode, median_ms, resolve_device
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 from .weights import detector_resnet
 
-__all__ = ["DETECTORS", "PAPER", "Entry", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector",
-           "check_orderings", "compare", "compare_base", "figure2_points", "format_table", "inference_ms_per_image",
-           "load_results"]
+__all__ = ["DETECTORS", "PAPER", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector",
+           "check_orderings", "compare", "compare_base", "detector_arms", "figure2_points", "format_table",
+           "image_size", "inference_ms_per_image", "load_results", "ms_per_image"]
 
 #: The torchvision detectors the comparison knows, with the design each stands for.
 DETECTORS = {
-    "faster_rcnn": "two-stage: RPN + Fast R-CNN head on 512 sampled RoIs at 1:3 fg:bg (FPN, the paper's FPN Faster R-CNN)",
+    "faster_rcnn": "two-stage: RPN + Fast R-CNN head on 512 sampled RoIs at 1:3 fg:bg "
+                   "(FPN, the paper's FPN Faster R-CNN)",
     "ssd300": "one-stage, hard negative mining 3:1: SSD300 on VGG-16 (the original SSD; the paper's SSD513 is on "
               "ResNet-101)",
     "ssdlite": "one-stage, hard negative mining 3:1: SSDlite320 on MobileNetV3 (a small SSD for CPUs)",
@@ -149,15 +160,10 @@ class TorchvisionDetector(nn.Module):
             tv.roi_heads.detections_per_img = max_detections
         else:
             tv.score_thresh, tv.nms_thresh, tv.detections_per_img = score_thresh, nms_thresh, max_detections
-        was_training = tv.training
-        tv.eval()
-        try:
-            with self._autocast(output.images.device):
-                raw = tv(list(output.images))
-        finally:
-            tv.train(was_training)
+        with eval_mode(tv), self._autocast(output.images.device):
+            raw = tv(list(output.images))
         detections = []
-        for det, (h, w) in zip(raw, image_sizes):
+        for det, (h, w) in zip(raw, image_sizes, strict=True):
             boxes = torch.minimum(det["boxes"].float().clamp(min=0), det["boxes"].new_tensor([w, h, w, h]).float())
             detections.append({"boxes": boxes, "scores": det["scores"].float(), "labels": det["labels"] - 1})
         return detections
@@ -177,26 +183,10 @@ def inference_ms_per_image(
     (allocator, kernel selection, lazy initialisation); on a GPU each timed call starts and
     ends with a synchronisation, so the time is the device's, not the launch's.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(images)
-    device = images.device
-    sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with torch.no_grad():
-            for i in range(warmup + repeats):
-                sync()
-                start = clock()
-                model.detect(model(images), sizes)
-                sync()
-                if i >= warmup:
-                    times.append(clock() - start)
-    finally:
-        model.train(was_training)
-    return 1e3 * float(torch.tensor(times).median()) / len(images)
+    with eval_mode(model), torch.no_grad():
+        ms = median_ms(lambda: model.detect(model(images), sizes), images.device, repeats, warmup, clock)
+    return ms / len(images)
 
 
 
@@ -217,18 +207,14 @@ PAPER_SPEED = {
 }
 
 
-@dataclasses.dataclass
-class Entry:
-    """One trained detector of the comparison: its runs (one per seed) and its inference speed."""
+def image_size(entry: ArmResult) -> int:
+    """The input size (px) a detector of the comparison trained and was timed at."""
+    return entry.runs[0].config["image_size"]
 
-    name: str  # a key of PAPER
-    design: str
-    image_size: int
-    runs: list[RunRecord]
-    ms_per_image: float  # the first seed's model
 
-    def stats(self, metric: str = "AP") -> SeedStats:
-        return seed_stats(self.runs, metric)
+def ms_per_image(entry: ArmResult) -> float:
+    """The inference time :func:`compare` measured for a detector (its first seed's model)."""
+    return entry.measured["ms_per_image"]
 
 
 def compare_base(gpu: bool, fast: bool) -> Config:
@@ -239,7 +225,7 @@ def compare_base(gpu: bool, fast: bool) -> Config:
     times slower per step than RetinaNet on a CPU), not to rank them. It trains from scratch,
     so that tests never pretrain a backbone.
     GPU: 1000 iterations of 16 images at 256 px, ResNet-50, bf16, fine-tuned from the ``gpu``
-    preset's backbone (not yet timed on a GPU). CPU full mode: the lessons' ``cpu-pretrained``
+    preset's backbone. CPU full mode: the lessons' ``cpu-pretrained``
     preset. RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch.
     """
     if gpu:
@@ -252,9 +238,19 @@ def compare_base(gpu: bool, fast: bool) -> Config:
     return dataclasses.replace(config, log_every=1, checkpoint_every=0)
 
 
-def _retinanet(base: Config, loss: str) -> Config:
-    return dataclasses.replace(base, loss_fn="focal", gamma=2.0, alpha=0.25) if loss == "focal" else \
-        dataclasses.replace(base, loss_fn="balanced_ce", alpha=0.75)
+def detector_arms(base: Config, retinanet_sizes: Sequence[int] = (), ssd: str = "ssdlite") -> list[Arm]:
+    """The comparison's arms: RetinaNet with FL at ``base.image_size`` and at each of ``retinanet_sizes``,
+    RetinaNet with α-balanced CE, Faster R-CNN (``base.backbone``) and SSD (``ssd``, its own backbone)."""
+    fl = dict(loss_fn="focal", gamma=2.0, alpha=0.25)
+    arms = [Arm("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, dict(fl, image_size=size), folder=f"retinanet_focal_{size}px")
+            for size in dict.fromkeys([base.image_size, *retinanet_sizes])]
+    return arms + [
+        Arm("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing",
+            dict(loss_fn="balanced_ce", alpha=0.75), folder=f"retinanet_balanced_ce_{base.image_size}px"),
+        Arm("Faster R-CNN", DETECTORS["faster_rcnn"], {}, detector="faster_rcnn",
+            folder=f"faster_rcnn_{base.image_size}px"),
+        Arm("SSD", DETECTORS[ssd], dict(backbone_weights=None), detector=ssd, folder=f"ssd_{ssd}_{base.image_size}px"),
+    ]
 
 
 def _torchvision_model(config: Config, num_classes: int, kind: str, load_weights: bool = True) -> nn.Module:
@@ -286,52 +282,46 @@ def compare(
     timing_batch: int = 8,
     device: Union[None, str, torch.device] = None,
     progress: bool = True,
-) -> list[Entry]:
+) -> list[ArmResult]:
     """Train and evaluate every design on ``base``'s data and budget over ``seeds``; time each one's inference.
 
-    RetinaNet with FL at ``base.image_size`` and at each of ``retinanet_sizes`` (the paper's
-    speed/accuracy curve), RetinaNet with α-balanced CE, Faster R-CNN (``base.backbone``) and
-    SSD (``ssd``: "ssdlite" or "ssd300"). Each run is a folder under ``out`` (finished runs are
-    read back). Inference time: :func:`inference_ms_per_image` of the first seed's model on
-    ``timing_batch`` validation images, same device for all.
+    The arms of :func:`detector_arms` (``retinanet_sizes``: the paper's speed/accuracy curve; ``ssd``:
+    "ssdlite" or "ssd300"), each trained by :func:`fl_lab.experiment.run_arm` in a folder under
+    ``out`` (finished runs are read back). ``measured["ms_per_image"]``: :func:`inference_ms_per_image`
+    of the first seed's model on ``timing_batch`` validation images, same device for all.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     base = dataclasses.replace(base, device=str(device), evaluate=True)
-    jobs = [("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, _retinanet(dataclasses.replace(base, image_size=size), "focal"), None)
-            for size in dict.fromkeys([base.image_size, *retinanet_sizes])]
-    jobs += [("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing", _retinanet(base, "balanced_ce"), None),
-             ("Faster R-CNN", DETECTORS["faster_rcnn"], base, "faster_rcnn"),
-             ("SSD", DETECTORS[ssd], dataclasses.replace(base, backbone_weights=None), ssd)]  # its own backbone
     entries = []
-    for name, design, config, kind in tqdm(jobs, desc="detectors", disable=not progress):
-        folder = Path(out) / f"{name.split()[0].lower()}_{kind or config.loss_fn}_{config.image_size}px"
-        config = dataclasses.replace(config, out=str(folder))
-        build = None if kind is None else partial(_torchvision_model, kind=kind)
-        runs = run_seeds(config, seeds, progress=progress, build=build, model=None if kind is None else kind)
-        model = _trained(dataclasses.replace(config, seed=runs[0].seed, out=runs[0].out), kind, device)
+    for arm in tqdm(detector_arms(base, retinanet_sizes, ssd), desc="detectors", disable=not progress):
+        build = None if arm.detector is None else partial(_torchvision_model, kind=arm.detector)
+        entry = run_arm(arm, base, out, seeds, progress=progress, build=build)
+        first = entry.runs[0]
+        config = arm.config(base, out)
+        model = _trained(dataclasses.replace(config, seed=first.seed, out=first.out), arm.detector, device)
         _, val_set = datasets(config)
         batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
-        ms = inference_ms_per_image(model, batch.images, batch.image_sizes)
-        entries.append(Entry(name, design, config.image_size, runs, ms))
+        entry.measured["ms_per_image"] = inference_ms_per_image(model, batch.images, batch.image_sizes)
+        entries.append(entry)
     return entries
 
 
-def figure2_points(entries: Sequence[Entry]) -> list[dict]:
+def figure2_points(entries: Sequence[ArmResult]) -> list[dict]:
     """The plain data :func:`fl_lab.plots.figure2` draws: name, image size, AP per seed, ms per image."""
-    return [{"name": e.name, "image_size": e.image_size, "ap": list(e.stats().values), "ms": e.ms_per_image}
+    return [{"name": e.name, "image_size": image_size(e), "ap": list(e.stats().values), "ms": ms_per_image(e)}
             for e in entries]
 
 
-def format_table(entries: Sequence[Entry]) -> str:
+def format_table(entries: Sequence[ArmResult]) -> str:
     """Our AP / AP50 (×100, mean ± std over seeds) and ms per image beside what the paper reports for each design."""
     rows = [f"{'detector':<26}{'px':>5}{'AP':>18}{'AP50':>18}{'ms/img':>9}   paper", "-" * 114]
     for e in entries:
-        rows.append(f"{e.name:<26}{e.image_size:>5}{e.stats('AP').format():>18}{e.stats('AP50').format():>18}"
-                    f"{e.ms_per_image:>9.1f}   {PAPER[e.name]}")
+        rows.append(f"{e.name:<26}{image_size(e):>5}{e.stats('AP').format():>18}{e.stats('AP50').format():>18}"
+                    f"{ms_per_image(e):>9.1f}   {PAPER[e.name]}")
     return "\n".join(rows)
 
 
-def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
+def check_orderings(entries: Sequence[ArmResult]) -> list[Claim]:
     """The paper's Figure 2 / Table 2 conclusions, tested on these entries.
 
     Accuracy claims are judged seed by seed (:func:`fl_lab.analysis.compare_seeds`: *holds* when
@@ -343,20 +333,19 @@ def check_orderings(entries: Sequence[Entry]) -> list[Claim]:
     for e in entries:
         first.setdefault(e.name, e)
     fl, ce, frcnn, ssd = (first[n] for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"))
-    ap = lambda e: e.stats()  # noqa: E731
     return [
-        compare_seeds("RetinaNet with FL beats RetinaNet with α-balanced CE (Table 1)", ap(fl), ap(ce)),
-        compare_seeds("RetinaNet with FL beats the two-stage Faster R-CNN (Table 2)", ap(fl), ap(frcnn)),
-        compare_seeds("RetinaNet with FL beats SSD's hard negative mining (Table 2)", ap(fl), ap(ssd)),
-        Claim.check("RetinaNet is faster than Faster R-CNN at inference (Figure 2)", fl.ms_per_image < frcnn.ms_per_image,
-                    f"{fl.ms_per_image:.1f} vs {frcnn.ms_per_image:.1f} ms per image"),
+        compare_seeds("RetinaNet with FL beats RetinaNet with α-balanced CE (Table 1)", fl.stats(), ce.stats()),
+        compare_seeds("RetinaNet with FL beats the two-stage Faster R-CNN (Table 2)", fl.stats(), frcnn.stats()),
+        compare_seeds("RetinaNet with FL beats SSD's hard negative mining (Table 2)", fl.stats(), ssd.stats()),
+        Claim.check("RetinaNet is faster than Faster R-CNN at inference (Figure 2)",
+                    ms_per_image(fl) < ms_per_image(frcnn),
+                    f"{ms_per_image(fl):.1f} vs {ms_per_image(frcnn):.1f} ms per image"),
     ]
 
 
-def load_results(path: str | Path) -> list[Entry]:
+def load_results(path: str | Path) -> list[ArmResult]:
     """The entries of a ``compare.json`` written by ``python -m fl_lab.compare --results`` (what lesson 07 reads)."""
-    return [Entry(e["name"], e["design"], e["image_size"], [RunRecord(**run) for run in e["runs"]], e["ms_per_image"])
-            for e in read_results(path, "python -m fl_lab.compare")["entries"]]
+    return [ArmResult.from_json(e) for e in read_results(path, "python -m fl_lab.compare")["entries"]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -365,34 +354,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     With ``--results DIR`` also writes ``compare.txt``, ``compare.json`` and ``compare.png`` there.
     Finished runs are read back; inference is timed again on every call, so time it undisturbed.
     """
-    import argparse
-
     from . import plots
     from .analysis import format_claims
-    from .config import fast_mode
+    from .fast_mode import fast_mode
 
-    parser = argparse.ArgumentParser(prog="python -m fl_lab.compare", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser("python -m fl_lab.compare", main.__doc__, "runs/compare", seeds="0,1,2; with --fast: 0")
     parser.add_argument("--fast", action="store_true", default=fast_mode(),
                         help="fast mode's tiny runs (default: on when FL_LAB_FAST is set)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: the GPU budget when CUDA is present, else the CPU one")
-    parser.add_argument("--out", default="runs/compare", help="folder of the runs (finished runs are read back)")
-    parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figure")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; with --fast: 0)")
     parser.add_argument("--sizes", default="", help="comma-separated extra input sizes for RetinaNet (FL), "
                         "e.g. 96,192: the paper's speed/accuracy curve (default: none)")
     parser.add_argument("--ssd", default=None, choices=tuple(k for k in DETECTORS if k.startswith("ssd")),
                         help="which SSD (default: ssdlite on a CPU, ssd300 on a GPU)")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     seeds = parse_seeds(parser, args.seeds, (0,) if args.fast else (0, 1, 2))
     try:
         sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else ()
     except ValueError:
         parser.error(f"--sizes: expected comma-separated pixel sizes such as 96,192, got {args.sizes!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here; use --device cpu (or auto)")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     cuda = args.device != "cpu" and torch.cuda.is_available()
     gpu = cuda and not args.fast  # fast mode's tiny budget on any device, as in lesson 07
     base = dataclasses.replace(compare_base(gpu=gpu, fast=args.fast), device="cuda" if cuda else "cpu",
@@ -413,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folder = Path(args.results)
         write_results(folder, "compare", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
-            "entries": [dataclasses.asdict(e) for e in entries], "claims": [dataclasses.asdict(c) for c in claims]})
+            "entries": [e.to_json() for e in entries], "claims": [dataclasses.asdict(c) for c in claims]})
         plots.figure2(figure2_points(entries), PAPER_SPEED, title=f"AP against inference time ({device}, "
                       f"{base.steps} iterations, {len(seeds)} seeds)").savefig(folder / "compare.png", dpi=100)
     return 0

@@ -4,20 +4,19 @@ A result read on the seeds its settings were chosen on flatters the winner, and 
 a look turn "within noise" into "holds" too often. So every claim the lessons make about training
 comes from :func:`explore_then_confirm`:
 
-1. **explore** — every arm (a loss, say) runs the *same* small search (its candidates: α × learning
-   rate) on :data:`EXPLORE_SEEDS`; each arm's choice is its candidate with the highest mean AP;
+1. **explore** — every arm (a loss, say) runs the *same* small :class:`Search` (its candidates: α ×
+   learning rate) on :data:`EXPLORE_SEEDS`; each arm's choice is its candidate with the highest mean AP;
 2. **confirm** — each arm's choice is trained on :data:`CONFIRM_SEEDS`, declared here before any
    confirmation ran, and the claim is judged once, at that count, seed by seed
    (:func:`fl_lab.analysis.compare_seeds`: the 95 % t interval of the paired differences).
 
 More seeds later are a labelled follow-up, never a replacement.
 
-    python -m fl_lab.confirm --out runs/confirm --results results/confirm     # the lessons' regime, ~2 h on 2 cores
+    python -m fl_lab.confirm --out runs/confirm --results results/confirm     # the lessons' regime: 64 runs
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import statistics
@@ -28,10 +27,20 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .analysis import Claim, compare_seeds, format_claims
-from .experiment import RunRecord, command_line, read_results, run_or_exit, run_seeds, seed_stats, write_results
+from .experiment import (
+    Arm,
+    ArmResult,
+    command_line,
+    experiment_parser,
+    read_results,
+    run_arm,
+    run_or_exit,
+    slug,
+    write_results,
+)
 from .train import PRESETS, Config
 
-__all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "Arm", "ArmOutcome", "explore_then_confirm",
+__all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "ArmOutcome", "Search", "explore_then_confirm",
            "format_outcomes", "lessons_base", "load_results", "main"]
 
 EXPLORE_SEEDS = (0, 1, 2)
@@ -40,21 +49,21 @@ LEARNING_RATES = (0.01, 0.02, 0.04)
 
 
 @dataclass(frozen=True)
-class Arm:
-    """One side of a comparison and its search: {candidate label: the Config fields it sets}."""
+class Search:
+    """One side of a comparison (a loss, say) and the candidates it is searched over."""
 
     name: str
-    candidates: dict
+    candidates: tuple[Arm, ...]
 
 
-def _grid(loss_fn: str, alphas: Sequence[float], **fixed) -> dict:
-    return {f"α={a:g} lr={lr:g}": dict(loss_fn=loss_fn, alpha=a, lr=lr, **fixed)
-            for a, lr in itertools.product(alphas, LEARNING_RATES)}
+def _grid(loss_fn: str, alphas: Sequence[float], **fixed) -> tuple[Arm, ...]:
+    return tuple(Arm(f"α={a:g} lr={lr:g}", overrides=dict(loss_fn=loss_fn, alpha=a, lr=lr, **fixed))
+                 for a, lr in itertools.product(alphas, LEARNING_RATES))
 
 
 #: The lessons' question: FL (γ = 2) against α-balanced CE, each searched over α × learning rate alike.
-LESSONS_ARMS = (Arm("FL γ=2", _grid("focal", (0.25, 0.5, 0.75), gamma=2.0)),
-                Arm("α-CE", _grid("balanced_ce", (0.5, 0.75, 0.9))))
+LESSONS_ARMS = (Search("FL γ=2", _grid("focal", (0.25, 0.5, 0.75), gamma=2.0)),
+                Search("α-CE", _grid("balanced_ce", (0.5, 0.75, 0.9))))
 
 
 def lessons_base() -> Config:
@@ -68,30 +77,33 @@ class ArmOutcome:
     """An arm's exploration (every candidate's runs on the exploration seeds), its choice and its confirmation."""
 
     arm: str
-    explored: dict  # candidate label -> list[RunRecord]
+    explored: list[ArmResult]  # every candidate, on the exploration seeds
     chosen: str
-    confirmed: list  # list[RunRecord] on the confirmation seeds
+    confirmed: ArmResult  # the chosen candidate on the confirmation seeds
 
     def explored_mean(self, label: str, metric: str = "AP") -> float:
-        return seed_stats(self.explored[label], metric).mean
+        return next(r for r in self.explored if r.name == label).stats(metric).mean
+
+    def to_json(self) -> dict:
+        return {"arm": self.arm, "explored": [r.to_json() for r in self.explored], "chosen": self.chosen,
+                "confirmed": self.confirmed.to_json()}
 
 
-def explore_then_confirm(base: Config, arms: Sequence[Arm], out: str | Path, progress: bool = True,
+def explore_then_confirm(base: Config, arms: Sequence[Search], out: str | Path, progress: bool = True,
                          explore_seeds: Sequence[int] = EXPLORE_SEEDS,
                          confirm_seeds: Sequence[int] = CONFIRM_SEEDS) -> list[ArmOutcome]:
     """Run every arm's search on ``explore_seeds``, choose each arm's best mean AP, train the choices
-    on ``confirm_seeds``. Runs live in ``out/<arm>/<candidate>/seed<s>`` and are read back when made."""
+    on ``confirm_seeds``. Runs live in ``out/<arm>/<candidate>/seed<s>`` and are read back when made
+    (:func:`fl_lab.experiment.run_arm`)."""
     if set(explore_seeds) & set(confirm_seeds):
         raise ValueError(f"exploration and confirmation seeds must differ, got {explore_seeds} and {confirm_seeds}")
     outcomes = []
-    for arm in arms:
-        folder = Path(out) / _slug(arm.name)
-        explored = {label: run_seeds(dataclasses.replace(base, **fields, out=str(folder / _slug(label))),
-                                     explore_seeds, progress=progress) for label, fields in arm.candidates.items()}
-        chosen = max(explored, key=lambda label: seed_stats(explored[label]).mean)
-        confirmed = run_seeds(dataclasses.replace(base, **arm.candidates[chosen], out=str(folder / _slug(chosen))),
-                              confirm_seeds, progress=progress)
-        outcomes.append(ArmOutcome(arm.name, explored, chosen, confirmed))
+    for search in arms:
+        folder = Path(out) / slug(search.name)
+        explored = [run_arm(arm, base, folder, explore_seeds, progress=progress) for arm in search.candidates]
+        chosen = max(explored, key=lambda r: r.ap).arm
+        outcomes.append(ArmOutcome(search.name, explored, chosen.name,
+                                   run_arm(chosen, base, folder, confirm_seeds, progress=progress)))
     return outcomes
 
 
@@ -99,23 +111,22 @@ def claims(outcomes: Sequence[ArmOutcome]) -> list[Claim]:
     """The first arm against each other one, at their choices, on the confirmation seeds (paired)."""
     first = outcomes[0]
     return [compare_seeds(f"{first.arm} ({first.chosen}) beats {o.arm} ({o.chosen}) on the confirmation seeds",
-                          seed_stats(first.confirmed), seed_stats(o.confirmed), names=(first.arm, o.arm))
+                          first.confirmed.stats(), o.confirmed.stats(), names=(first.arm, o.arm))
             for o in outcomes[1:]]
 
 
 def format_outcomes(outcomes: Sequence[ArmOutcome]) -> str:
     """The exploration grid (mean AP ×100 per candidate, the choice starred), then each choice's
     confirmation (AP, AP50, AP75 and every seed), then the claims."""
-    seeds = [r.seed for r in next(iter(outcomes[0].explored.values()))]
+    seeds = [r.seed for r in outcomes[0].explored[0].runs]
     lines = [f"exploration on seeds {', '.join(map(str, seeds))}: mean AP ×100 per candidate (* the arm's choice)"]
     for o in outcomes:
-        cells = [f"{label} {100 * o.explored_mean(label):5.1f}{'*' if label == o.chosen else ' '}"
-                 for label in o.explored]
+        cells = [f"{r.name} {100 * r.ap:5.1f}{'*' if r.name == o.chosen else ' '}" for r in o.explored]
         lines += [f"  {o.arm:<8} " + "  ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
     lines.append("confirmation (×100, mean ± std; then each seed's AP)")
     for o in outcomes:
-        seeds = " / ".join(f"{r.seed}: {100 * r.ap:.1f}" for r in o.confirmed)
-        lines.append(f"  {o.arm:<8} {o.chosen:<15}" + "".join(f" {m} {seed_stats(o.confirmed, m).format():<13}"
+        seeds = " / ".join(f"{r.seed}: {100 * r.ap:.1f}" for r in o.confirmed.runs)
+        lines.append(f"  {o.arm:<8} {o.chosen:<15}" + "".join(f" {m} {o.confirmed.stats(m).format():<13}"
                                                               for m in ("AP", "AP50", "AP75")) + f"  {seeds}")
     return "\n".join(lines + ["", format_claims(claims(outcomes))])
 
@@ -123,8 +134,8 @@ def format_outcomes(outcomes: Sequence[ArmOutcome]) -> str:
 def load_results(path: str | Path) -> list[ArmOutcome]:
     """The outcomes of a ``confirm.json`` written by ``python -m fl_lab.confirm --results``."""
     saved = read_results(path, "python -m fl_lab.confirm")["arms"]
-    return [ArmOutcome(a["arm"], {k: [RunRecord(**r) for r in v] for k, v in a["explored"].items()}, a["chosen"],
-                       [RunRecord(**r) for r in a["confirmed"]]) for a in saved]
+    return [ArmOutcome(a["arm"], [ArmResult.from_json(r) for r in a["explored"]], a["chosen"],
+                       ArmResult.from_json(a["confirmed"])) for a in saved]
 
 
 def figure(outcomes: Sequence[ArmOutcome], title: str):
@@ -134,10 +145,10 @@ def figure(outcomes: Sequence[ArmOutcome], title: str):
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     axes = fig.subplots()
     x = range(len(outcomes))
-    for i, seed in enumerate(r.seed for r in outcomes[0].confirmed):
-        axes.plot(x, [100 * o.confirmed[i].ap for o in outcomes], "o-", color="0.6", lw=1,
+    for i in range(len(outcomes[0].confirmed.runs)):
+        axes.plot(x, [100 * o.confirmed.runs[i].ap for o in outcomes], "o-", color="0.6", lw=1,
                   label="one confirmation seed" if i == 0 else None)
-    axes.plot(x, [100 * seed_stats(o.confirmed).mean for o in outcomes], "s", color="crimson", ms=9, label="mean")
+    axes.plot(x, [100 * o.confirmed.ap for o in outcomes], "s", color="crimson", ms=9, label="mean")
     axes.set_xticks(list(x), [f"{o.arm}\n({o.chosen})" for o in outcomes])
     axes.set_xlabel("arm (its choice from the exploration)")
     axes.set_ylabel("AP ×100 on 500 validation images")
@@ -146,32 +157,24 @@ def figure(outcomes: Sequence[ArmOutcome], title: str):
     return fig
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in text)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fl_lab.confirm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/confirm", help="folder for the runs (read back when made)")
-    parser.add_argument("--results", default=None, help="folder for confirm.txt, confirm.json and confirm.png")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
+    parser = experiment_parser("python -m fl_lab.confirm", __doc__, "runs/confirm")
     args = parser.parse_args(argv)
     base = lessons_base()
     start = time.perf_counter()
     outcomes = run_or_exit(parser, args.debug, lambda: explore_then_confirm(
         base, LESSONS_ARMS, args.out, explore_seeds=EXPLORE_SEEDS, confirm_seeds=CONFIRM_SEEDS))
-    made = sum(r.seconds for o in outcomes for runs in [*o.explored.values(), o.confirmed] for r in runs)
+    made = sum(r.seconds for o in outcomes for arm in [*o.explored, o.confirmed] for r in arm.runs)
     text = (f"{base.steps} iterations of the lessons' regime, {base.val_images} validation images; "
             f"{made / 60:.0f} min of training and evaluation when the runs were made (median "
-            f"{statistics.median(r.seconds for o in outcomes for r in o.confirmed):.0f} s a run)\n\n"
+            f"{statistics.median(r.seconds for o in outcomes for r in o.confirmed.runs):.0f} s a run)\n\n"
             + format_outcomes(outcomes))
     print(text)
     if args.results:
         write_results(args.results, "confirm", command_line(parser, argv), text, {
             "base": dataclasses.asdict(base), "explore_seeds": list(EXPLORE_SEEDS),
             "confirm_seeds": list(CONFIRM_SEEDS), "wall_s_this_call": time.perf_counter() - start,
-            "arms": [dataclasses.asdict(o) for o in outcomes],
+            "arms": [o.to_json() for o in outcomes],
             "claims": [dataclasses.asdict(c) for c in claims(outcomes)]})
         figure(outcomes, "FL against α-CE, each at its choice (5 confirmation seeds)").savefig(
             Path(args.results) / "confirm.png", dpi=100)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.transforms import collate
+from .torch_utils import eval_mode
 
 __all__ = ["METRICS", "coco_eval", "evaluate", "predict"]
 
@@ -55,14 +56,13 @@ def predict(
     The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     results = []
-    try:
+    with eval_mode(model, device):
         for batch in tqdm(loader, desc="predict", disable=not progress):
             output = model(batch.images.to(device))
-            for det, target in zip(model.detect(output, batch.image_sizes, **detect_kwargs), batch.targets):
+            detections = model.detect(output, batch.image_sizes, **detect_kwargs)
+            for det, target in zip(detections, batch.targets, strict=True):
                 boxes = det["boxes"].float().cpu()
                 sy, sx = target.get("scale", (1.0, 1.0))
                 results.append({
@@ -71,8 +71,6 @@ def predict(
                     "scores": det["scores"].float().cpu(),
                     "labels": det["labels"].long().cpu(),
                 })
-    finally:
-        model.train(was_training)
     return results
 
 
@@ -104,7 +102,8 @@ def coco_eval(ground_truth: dict, detections: list[dict], category_ids: list[int
         boxes = torch.as_tensor(det["boxes"], dtype=torch.float64).reshape(-1, 4)
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # COCO's [x, y, w, h]
         results += [{"image_id": image_id, "category_id": category_ids[label], "bbox": box, "score": score}
-                    for box, label, score in zip(xywh.tolist(), labels.tolist(), torch.as_tensor(det["scores"]).tolist())]
+                    for box, label, score in zip(xywh.tolist(), labels.tolist(),
+                                                 torch.as_tensor(det["scores"]).tolist(), strict=True)]
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         gt = COCO()
@@ -121,7 +120,8 @@ def coco_eval(ground_truth: dict, detections: list[dict], category_ids: list[int
         evaluator.accumulate()
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         evaluator.summarize()
-    return {name: float(v) if v >= 0 else math.nan for name, v in zip(METRICS, evaluator.stats[:6].tolist())}
+    return {name: float(v) if v >= 0 else math.nan
+            for name, v in zip(METRICS, evaluator.stats[:6].tolist(), strict=True)}
 
 
 def evaluate(

@@ -1,11 +1,15 @@
-"""Training runs as experiments: one configuration over several seeds, each run kept in its folder.
+"""Training runs as experiments: the one layer every study of the kit stands on.
 
-A claim about training rests on seeds, not on one run: :func:`run_seeds` trains a
-:class:`fl_lab.train.Config` once per seed (the seed sets the weights, the data, the order and
-the flips) and :func:`seed_stats` gives the mean ± std that :func:`fl_lab.analysis.compare_seeds`
-judges against its noise. Every run writes ``run.json`` (its configuration and what it gave)
-into its folder; a later call with the same configuration reads it back instead of training
-again, so a study can be stopped and continued, and lessons can read committed results.
+An experiment (Table 1's grid in :mod:`fl_lab.ablations`, the FL-vs-CE study in :mod:`fl_lab.study`,
+the detectors of :mod:`fl_lab.compare`, the protocol of :mod:`fl_lab.confirm`) is a list of
+arms (:class:`Arm`: configurations, each a few fields changed from a shared base) and the claims it
+judges. :func:`run_arm` trains an arm once per seed (the seed sets the weights, the data, the order
+and the flips, so arms sharing seeds are paired) into an :class:`ArmResult`; its
+:meth:`ArmResult.stats` feed :func:`fl_lab.analysis.compare_seeds`. Every run writes ``run.json``
+(a :class:`RunRecord`: its configuration and what it gave) into its folder; a later call with the
+same configuration reads it back instead of training again, so a study can be stopped and
+continued, and lessons can read committed results. :func:`experiment_parser`, :func:`run_or_exit`
+and :func:`write_results` are the command line and the ``results/`` files they all share.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
@@ -24,8 +28,9 @@ from torch import nn
 from .analysis import SeedStats
 from .train import Config, Diverged, backbone_weights_file, run
 
-__all__ = ["RECORD", "RunRecord", "describe_loss", "read_results", "run_once", "run_seeds", "seed_stats",
-           "write_results"]
+__all__ = ["RECORD", "Arm", "ArmResult", "RunRecord", "command_line", "describe_loss", "experiment_parser",
+           "parse_seeds", "read_results", "run_arm", "run_once", "run_or_exit", "run_seeds", "seed_stats",
+           "slug", "write_results"]
 
 RECORD = "run.json"
 _TAIL = 20  # the final losses are averaged over the last this many steps run
@@ -73,12 +78,12 @@ def _final_losses(history: Sequence[dict]) -> dict:
 
 
 def _same_run(saved: dict, config: Config) -> bool:
-    """Whether a saved configuration is ``config``: equal fields, and any field the kit gained
-    since then at its default (the run was made with that behaviour)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    current = dataclasses.asdict(config)
-    return set(saved) <= set(current) and all(current[k] == v for k, v in saved.items()) and \
-        all(current[k] == defaults[k] for k in set(current) - set(saved))
+    """Whether a saved configuration is ``config`` (:meth:`Config.from_json` reads it: any field the
+    kit gained since then at its default, as the run was made)."""
+    try:
+        return Config.from_json(saved, RECORD) == config
+    except (ValueError, TypeError):
+        return False
 
 
 def run_once(config: Config, progress: bool = True, rerun: bool = False,
@@ -144,6 +149,88 @@ def seed_stats(records: Sequence[RunRecord], metric: str = "AP") -> SeedStats:
     return SeedStats(tuple(r.metric(metric) for r in records), tuple(r.seed for r in records))
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One configuration an experiment trains over seeds: the :class:`Config` fields it changes from the base.
+
+    name: what tables print; group: the part of the experiment it belongs to (Table 1's (a)-(d), a
+    detector's design); paper: the paper's (AP, AP50, AP75) for it, or its AP alone, as far as
+    ../shared/PAPER.md states them (None: no number); note: what the paper says instead, or where
+    its setting differs; detector: None for the kit's RetinaNet, else the torchvision detector it
+    trains (a key of :data:`fl_lab.compare.DETECTORS`, with its own loss); folder: where its runs
+    live under the experiment's folder (default: its name, made safe for a path).
+    """
+
+    name: str
+    group: str = ""
+    overrides: dict = field(default_factory=dict)
+    paper: Optional[tuple[float, ...]] = None
+    note: str = ""
+    detector: Optional[str] = None
+    folder: str = ""
+
+    def config(self, base: Config, out: str | Path) -> Config:
+        """``base`` with this arm's fields, its runs in ``out/<folder>``; an unknown field is a ValueError."""
+        try:
+            return dataclasses.replace(base, **self.overrides, out=str(Path(out) / (self.folder or slug(self.name))))
+        except TypeError as err:
+            raise ValueError(f"arm {self.name!r}: {err}") from None
+
+
+@dataclass
+class ArmResult:
+    """An arm's runs, one per seed, and what else was measured of it (``measured``: e.g. the first
+    seed's inference ms per image)."""
+
+    arm: Arm
+    runs: list[RunRecord]
+    measured: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.arm.name
+
+    def stats(self, metric: str = "AP") -> SeedStats:
+        """The metric over seeds; a diverged run counts 0 (it detects nothing)."""
+        return seed_stats(self.runs, metric)
+
+    @property
+    def ap(self) -> float:
+        """Mean AP over seeds."""
+        return self.stats().mean
+
+    @property
+    def diverged(self) -> list[int]:
+        """The iteration at which each diverged seed's loss stopped being finite."""
+        return [r.diverged_at for r in self.runs if r.diverged_at is not None]
+
+    def to_json(self) -> dict:
+        """The arm, every run (configuration, metrics, losses, seconds) and ``measured``, as results/ keeps them."""
+        return {**dataclasses.asdict(self.arm), "runs": [dataclasses.asdict(r) for r in self.runs],
+                "measured": self.measured}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "ArmResult":
+        """What :meth:`to_json` wrote."""
+        arm = {f.name: saved[f.name] for f in dataclasses.fields(Arm) if f.name in saved}
+        if arm.get("paper") is not None:
+            arm["paper"] = tuple(arm["paper"])
+        return cls(Arm(**arm), [RunRecord(**r) for r in saved["runs"]], saved.get("measured", {}))
+
+
+def run_arm(arm: Arm, base: Config, out: str | Path, seeds: Sequence[int], progress: bool = False,
+            rerun: bool = False, build: Optional[Callable[[Config, int], nn.Module]] = None) -> ArmResult:
+    """Train ``arm`` on ``base`` once per seed in ``out/<arm's folder>/seed<s>`` (finished runs are read
+    back; ``rerun=True`` retrains). ``build`` makes the model of an arm whose ``detector`` is not RetinaNet."""
+    return ArmResult(arm, run_seeds(arm.config(base, out), seeds, progress=progress, rerun=rerun, build=build,
+                                    model=arm.detector))
+
+
+def slug(text: str) -> str:
+    """``text`` as a folder name: letters, digits and ".=-" kept, anything else "_"."""
+    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in text)
+
+
 def write_results(folder: str | Path, name: str, command: str, text: str, payload: dict) -> None:
     """A study's results for ``results/``: ``name.txt`` (the command and what it printed) and
     ``name.json`` (the command, the torch version and ``payload``: every run's config and metrics)."""
@@ -173,6 +260,22 @@ def parse_seeds(parser, text: Optional[str], default: Sequence[int]) -> tuple[in
         return tuple(int(s) for s in text.split(",")) if text else tuple(default)
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers such as 0,1,2, got {text!r}")
+
+
+def experiment_parser(prog: str, description: str, out: str, seeds: Optional[str] = None):
+    """The command line every experiment shares: ``--out`` (its runs' folder, read back when made),
+    ``--results`` (the folder for ``results/``), ``--debug``; and ``--seeds`` when ``seeds`` (the
+    default's help text) is given."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=out, help="folder of the runs (finished runs are read back)")
+    parser.add_argument("--results", default=None, help="folder for the table, its JSON and its figures")
+    if seeds is not None:
+        parser.add_argument("--seeds", default=None, help=f"comma-separated seeds (default: {seeds})")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
+    return parser
 
 
 def run_or_exit(parser, debug: bool, job: Callable[[], T]) -> T:

@@ -195,8 +195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import torch
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device here; use --device cpu to check the code path")
+    from .torch_utils import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"{err}; --device cpu checks the code path")
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
     preset, config = base_config(args.device, args.runs)
 

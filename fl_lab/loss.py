@@ -194,7 +194,8 @@ def _check_tensors(logits: Tensor, target: Tensor, check_values: bool) -> bool:
     if logits.dim() == 0:
         raise ValueError("logits must have a class dimension (..., K), got a 0-d tensor")
     if logits.shape[-1] == 0:
-        raise ValueError(f"logits must have at least one class (K >= 1) in their last dimension, got {tuple(logits.shape)}")
+        raise ValueError("logits must have at least one class (K >= 1) in their last dimension, "
+                         f"got {tuple(logits.shape)}")
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a tensor, got {type(target).__name__}")
     num_classes = logits.shape[-1]

@@ -128,15 +128,17 @@ def pad_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple[Tens
     (B, G_max) bool.
     """
     if len(boxes) != len(labels) or not boxes:
-        raise ValueError(f"need one label tensor per box tensor (at least one image), got {len(boxes)} and {len(labels)}")
-    for i, (b, l) in enumerate(zip(boxes, labels)):  # shape checks only, to name the image
-        if b.dim() != 2 or b.shape[1] != 4 or l.shape != b.shape[:1]:
-            raise ValueError(f"image {i}: boxes must be (G, 4) and labels (G,), got {tuple(b.shape)} and {tuple(l.shape)}")
-        if l.is_floating_point() or l.is_complex() or l.dtype == torch.bool:  # .long() would truncate 1.7 to 1
-            raise ValueError(f"image {i}: labels must be an integer tensor (class indices), got {l.dtype}")
+        raise ValueError("need one label tensor per box tensor (at least one image), "
+                         f"got {len(boxes)} and {len(labels)}")
+    for i, (b, c) in enumerate(zip(boxes, labels, strict=True)):  # shape checks only, to name the image
+        if b.dim() != 2 or b.shape[1] != 4 or c.shape != b.shape[:1]:
+            raise ValueError(f"image {i}: boxes must be (G, 4) and labels (G,), "
+                             f"got {tuple(b.shape)} and {tuple(c.shape)}")
+        if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:  # .long() would truncate 1.7 to 1
+            raise ValueError(f"image {i}: labels must be an integer tensor (class indices), got {c.dtype}")
     counts = torch.tensor([len(b) for b in boxes], device=boxes[0].device)
     out_boxes = pad_sequence(list(boxes), batch_first=True)  # (B, G_max, 4), zero padding
-    out_labels = pad_sequence([l.long() for l in labels], batch_first=True, padding_value=-1)
+    out_labels = pad_sequence([c.long() for c in labels], batch_first=True, padding_value=-1)
     valid = torch.arange(out_boxes.shape[1], device=counts.device) < counts[:, None]
     check_boxes(out_boxes, "boxes", valid)
     return out_boxes, out_labels, valid
@@ -252,6 +254,6 @@ def _best_ious(boxes: Tensor, image: Tensor, num_images: int, anchors: Tensor) -
         row, anchor = torch.nonzero(iou[rows] == best[rows].unsqueeze(1), as_tuple=True)
         pairs.append((rows[row], anchor + start, best[rows[row]]))
         per_box = torch.maximum(per_box, best)
-    box, anchor, value = (torch.cat(t) for t in zip(*pairs))
+    box, anchor, value = (torch.cat(t) for t in zip(*pairs, strict=True))
     keep = value == per_box[box]
     return torch.cat(per_anchor, dim=1), per_box, box[keep], anchor[keep]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from .boxes import rank_in_group
 from .loss import IGNORE, focal_loss
 
 __all__ = ["ohem_loss", "ohem_mask"]
@@ -55,26 +56,13 @@ def _check_ohem_tensors(scores: Tensor, boxes: Tensor, labels: Tensor) -> None:
     if not isinstance(boxes, Tensor) or not boxes.is_floating_point() or boxes.shape != (*scores.shape, 4):
         what = f"{boxes.dtype} {tuple(boxes.shape)}" if isinstance(boxes, Tensor) else type(boxes).__name__
         raise ValueError(f"boxes must be a floating-point tensor (B, A, 4) = {(*scores.shape, 4)}, got {what}")
-    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+    if (not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex()
+            or labels.dtype == torch.bool):
         what = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be an integer tensor (class index, -1 background, -2 ignore), got {what}")
     if labels.shape != scores.shape:
-        raise ValueError(f"labels must have the scores' shape (B, A) = {tuple(scores.shape)}, got {tuple(labels.shape)}")
-
-
-def _rank_in_group(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """Rank of each element within its group, keeping the given order, and the group sizes.
-
-    group: (N,) int64 in [0, num_groups). Returns rank (N,) and counts (num_groups,).
-    A stable sort by group keeps each group's elements in their original order, so
-    rank = position in the sorted list - position of the group's first element.
-    """
-    sorted_group, order = torch.sort(group, stable=True)
-    bounds = torch.searchsorted(sorted_group, torch.arange(num_groups + 1, device=group.device))
-    starts, counts = bounds[:-1], bounds.diff()
-    rank = torch.empty_like(group)
-    rank[order] = torch.arange(group.numel(), device=group.device) - starts[sorted_group]
-    return rank, counts
+        raise ValueError(f"labels must have the scores' shape (B, A) = {tuple(scores.shape)}, "
+                         f"got {tuple(labels.shape)}")
 
 
 @torch.no_grad()
@@ -144,12 +132,12 @@ def ohem_mask(
         keep = batched_nms(boxes[image, anchor], ranked[image, anchor], local, nms_thresh)
         local, anchor = local[keep], anchor[keep]  # survivors, in decreasing score order
         if max_pos is None:
-            rank, counts = _rank_in_group(local, n)
+            rank, counts = rank_in_group(local, n)
             chosen = rank < batch_size
             enough = counts >= batch_size
         else:
             positive = labels[pending[local], anchor] >= 0
-            rank, counts = _rank_in_group(2 * local + positive.long(), 2 * n)
+            rank, counts = rank_in_group(2 * local + positive.long(), 2 * n)
             num_neg, num_pos = counts.view(n, 2).unbind(1)
             neg_quota = batch_size - num_pos.clamp(max=max_pos)  # negatives fill the rest
             chosen = torch.where(positive, rank < max_pos, rank < neg_quota[local])
@@ -214,3 +202,7 @@ def ohem_loss(
     if reduction == "sum":
         return total
     return total / (mask.sum() * logits.shape[-1]).clamp(min=1)
+
+
+# The interface fl_lab.detection_loss reads: this loss gets boxes= the predicted boxes (B, A, 4).
+ohem_loss.needs_predicted_boxes = True

@@ -34,8 +34,8 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .data import Shapes
 from .data.transforms import normalize
+from .torch_utils import eval_mode, resolve_device
 
 __all__ = ["EARLIER_RECIPE", "RECIPE", "ShapesClassifier", "cell_labels", "crops", "pretrain_backbone",
            "shapes_weights", "shapes_weights_path"]
@@ -103,7 +104,9 @@ class ShapesClassifier(nn.Module):
         c3 = r.layer2(x)
         c4 = r.layer3(c3)
         c5 = r.layer4(c4)
-        return r.fc(torch.flatten(r.avgpool(c5), 1)), [head(c) for head, c in zip(self.cells, (c3, c4, c5))]
+        return r.fc(torch.flatten(r.avgpool(c5), 1)), [
+            head(c) for head, c in zip(self.cells, (c3, c4, c5), strict=True)
+        ]
 
 
 def _collate(items: Sequence, num_classes: int) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -120,18 +123,16 @@ def _collate(items: Sequence, num_classes: int) -> tuple[Tensor, Tensor, list[Te
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset: Shapes, batch_size: int = 100) -> float:
     """Share of the images whose object the classifier (a ResNet, or a :class:`ShapesClassifier`) names."""
-    was_training = model.training
-    model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     right = total = 0
-    for images, labels, _ in DataLoader(dataset, batch_size=batch_size,
-                                        collate_fn=partial(_collate, num_classes=dataset.num_classes)):
-        logits = model(images.to(device))
-        logits = (logits[0] if isinstance(logits, tuple) else logits).cpu()
-        keep = labels >= 0
-        right += int((logits.argmax(1) == labels)[keep].sum())
-        total += int(keep.sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for images, labels, _ in DataLoader(dataset, batch_size=batch_size,
+                                            collate_fn=partial(_collate, num_classes=dataset.num_classes)):
+            logits = model(images.to(device))
+            logits = (logits[0] if isinstance(logits, tuple) else logits).cpu()
+            keep = labels >= 0
+            right += int((logits.argmax(1) == labels)[keep].sum())
+            total += int(keep.sum())
     return right / max(total, 1)
 
 
@@ -166,7 +167,7 @@ def pretrain_backbone(
     if image_size < 32 or image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (C5's stride), got {image_size}")
     out = Path(out)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     torch.manual_seed(seed)
     model = ShapesClassifier(backbone, num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -184,7 +185,7 @@ def pretrain_backbone(
         logits, cell_logits = model(images)
         loss = F.cross_entropy(logits, labels, ignore_index=-1)
         if dense_weight:
-            loss = loss + dense_weight * sum(F.cross_entropy(c, t) for c, t in zip(cell_logits, cells))
+            loss = loss + dense_weight * sum(F.cross_entropy(c, t) for c, t in zip(cell_logits, cells, strict=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

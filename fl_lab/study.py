@@ -19,9 +19,9 @@ study measures, one factor at a time and over seeds, what decides the FL − α-
   instead of training one from scratch: does FL trail because a from-scratch backbone must
   learn its features from the classification loss, and FL's is the smaller?
 
-Every row trains each of its arms on the same data, budget and seeds (0, 1, 2; five at the
-pretrained one-object row, the lessons' ``cpu-pretrained`` regime, where three left the gap
-within noise — fixed before the extra seeds ran); identical
+Every row trains each of its arms on the same data, budget and seeds (0, 1, 2; 0-4 at the
+pretrained one-object row, the lessons' ``cpu-pretrained`` regime; results/fl_vs_ce/README.md
+says how they came about, and :mod:`fl_lab.confirm` is the protocol a claim rests on); identical
 configurations share one folder, so the reference row is trained once for all sweeps.
 ``python -m fl_lab.study --out runs/fl_vs_ce --results results/fl_vs_ce`` runs it (hours on
 two CPU cores; finished runs are read back) and writes the table, JSON and figure.
@@ -38,10 +38,19 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from .ablations import (BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, Ablation, ablation_folder, alpha_ce,
-                        focal, table1_base)
+from .ablations import BEST_ALPHA_CE, FL_GAMMA_2, FOCAL, NO_PRIOR, SEEDS, alpha_ce, focal, table1_base
 from .analysis import Claim, SeedStats, anchor_coverage, compare_seeds, format_claims, loss_cdf, paper_findings
-from .experiment import RunRecord, command_line, read_results, run_or_exit, run_seeds, seed_stats, write_results
+from .experiment import (
+    Arm,
+    ArmResult,
+    RunRecord,
+    command_line,
+    experiment_parser,
+    read_results,
+    run_arm,
+    run_or_exit,
+    write_results,
+)
 from .pretrain import EARLIER_RECIPE, pretrain_backbone
 from .train import Config, datasets, load_run
 
@@ -54,10 +63,10 @@ __all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained
 #: GroupNorm convs per head) from scratch, 500 iterations of 8 images.
 STUDY_BASE = {k: v for k, v in dataclasses.asdict(table1_base(gpu=False)).items() if k != "out"}
 
-FL_X4 = Ablation("FL γ=2 α=0.25, cls loss ×4", FOCAL, dict(FL_GAMMA_2.overrides, cls_weight=4.0))
+FL_X4 = Arm("FL γ=2 α=0.25, cls loss ×4", FOCAL, dict(FL_GAMMA_2.overrides, cls_weight=4.0))
 #: The arms, by name: Table 1's rows (the same names, so Table 1's grid reads these runs back). Each
 #: loss gets the same small search over α: α-CE {.5, .75, .9}, FL (γ = 2) {.25, .5, .75}.
-ARMS: dict[str, Ablation] = {a.name: a for a in (FL_GAMMA_2, alpha_ce(0.5), BEST_ALPHA_CE, alpha_ce(0.9), NO_PRIOR,
+ARMS: dict[str, Arm] = {a.name: a for a in (FL_GAMMA_2, alpha_ce(0.5), BEST_ALPHA_CE, alpha_ce(0.9), NO_PRIOR,
                                                   focal(2.0, 0.5), focal(2.0, 0.75), FL_X4)}
 FL, BEST_CE = FL_GAMMA_2.name, BEST_ALPHA_CE.name
 HEADLINE = (FL, BEST_CE)
@@ -115,27 +124,33 @@ def study_rows() -> list[Row]:
 def _slug(overrides: dict) -> str:
     if not overrides:
         return "base"
-    text = lambda v: f"{v:.4g}" if isinstance(v, float) else Path(v).stem if isinstance(v, str) else str(v)  # noqa: E731
-    return "_".join(f"{k}={text(v)}" for k, v in sorted(overrides.items()))  # a weights file: by its name
+
+    def text(v) -> str:  # a weights file: by its name
+        return f"{v:.4g}" if isinstance(v, float) else Path(v).stem if isinstance(v, str) else str(v)
+
+    return "_".join(f"{k}={text(v)}" for k, v in sorted(overrides.items()))
 
 
 def config_of(row: Row, arm: str, out: str | Path, base: Optional[dict] = None) -> Config:
     """The configuration of one arm of one row, in ``out/<what the row changes>/<arm>``: runs
     that are the same configuration share a folder, and ``out/base`` is Table 1's layout."""
-    fields = {**(STUDY_BASE if base is None else base), **row.overrides, **ARMS[arm].overrides}
-    return Config(**fields, out=str(Path(out) / _slug(row.overrides) / ablation_folder(ARMS[arm])))
+    return ARMS[arm].config(_row_base(row, base), Path(out) / _slug(row.overrides))
+
+
+def _row_base(row: Row, base: Optional[dict] = None) -> Config:
+    return Config(**{**(STUDY_BASE if base is None else base), **row.overrides})
 
 
 @dataclass
 class RowResult:
-    """A row's runs: {arm: the seeds' records}, and the imbalance its data measured."""
+    """A row's arms ({arm name: its runs over the seeds}) and the imbalance its data measured."""
 
     row: Row
-    runs: dict[str, list[RunRecord]]
+    results: dict[str, ArmResult]
     imbalance: float  # negative anchors per positive anchor (validation images, the paper's rule)
 
     def stats(self, arm: str, metric: str = "AP") -> SeedStats:
-        return seed_stats(self.runs[arm], metric)
+        return self.results[arm].stats(metric)
 
     def best(self, loss_fn: str, metric: str = "AP") -> str:
         """The arm of ``loss_fn`` ("focal", "balanced_ce") with the highest mean ``metric`` (scaled
@@ -165,8 +180,9 @@ def run_study(out: str | Path, rows: Optional[Sequence[Row]] = None, seeds: Sequ
         weights = row.overrides.get("backbone_weights")
         if weights is not None and not Path(weights).exists():
             pretrain_backbone(weights, progress=progress, **EARLIER_RECIPE)
-        runs = {arm: run_seeds(config_of(row, arm, out, base), row.seeds or seeds, progress=False) for arm in row.arms}
-        results.append(RowResult(row, runs, measure_imbalance(config_of(row, row.arms[0], out, base))))
+        arms = {arm: run_arm(ARMS[arm], _row_base(row, base), Path(out) / _slug(row.overrides), row.seeds or seeds)
+                for arm in row.arms}
+        results.append(RowResult(row, arms, measure_imbalance(config_of(row, row.arms[0], out, base))))
     return results
 
 
@@ -177,7 +193,8 @@ def format_rows(results: Sequence[RowResult], metrics: Sequence[str] = ("AP", "A
     sweep = max([len(r.row.sweep) for r in results] + [5]) + 2
     cells = {(id(r), arm, m): r.stats(arm, m).format() for r in results for arm in r.row.arms for m in metrics}
     column = max([len(c) for c in cells.values()] + [14]) + 2  # "(n=5)" where a row has its own seeds
-    header = (f"{'sweep':<{sweep}}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}" + "".join(f"{m:>{column}}" for m in metrics)
+    header = (f"{'sweep':<{sweep}}{'row':<26}{'neg:pos':>8}  {'arm':<{width}}"
+              + "".join(f"{m:>{column}}" for m in metrics)
               + ("   AP of each seed" if per_seed else ""))
     lines = [header, "-" * len(header)]
     for r in results:
@@ -214,7 +231,8 @@ def gap_claims(results: Sequence[RowResult], metric: str = "AP") -> list[Claim]:
         best_fl = max(lr_rows, key=lambda r: r.stats(FL, metric).mean)
         best_ce = max(lr_rows, key=lambda r: r.stats(BEST_CE, metric).mean)
         claims.append(compare_seeds(f"each loss at its best learning rate: FL ({best_fl.row.label}) beats α-CE "
-                                    f"({best_ce.row.label})", best_fl.stats(FL, metric), best_ce.stats(BEST_CE, metric)))
+                                    f"({best_ce.row.label})", best_fl.stats(FL, metric),
+                                    best_ce.stats(BEST_CE, metric)))
     return claims
 
 
@@ -222,9 +240,11 @@ def gap_points(results: Sequence[RowResult], sweep: str) -> list[tuple[float, tu
     """(factor, FL's AP per seed, α-CE α = .75's AP per seed) for each row of ``sweep`` — what
     :func:`fl_lab.plots.gap_figure` draws. The factor: negatives per positive
     (imbalance, pretrained backbone), iterations (schedule, sparse schedule) or the learning rate."""
-    steps = lambda r: r.runs[FL][0].config["steps"]  # noqa: E731
-    factor = {IMBALANCE: lambda r: r.imbalance, PRETRAINED: lambda r: r.imbalance, SCHEDULE: steps, SPARSE: steps,
-              LR: lambda r: r.runs[FL][0].config["lr"]}[sweep]
+    def factor(r: RowResult) -> float:
+        trained = r.results[FL].runs[0].config
+        return {IMBALANCE: r.imbalance, PRETRAINED: r.imbalance, SCHEDULE: trained["steps"], SPARSE: trained["steps"],
+                LR: trained["lr"]}[sweep]
+
     return [(factor(r), r.stats(FL).values, r.stats(BEST_CE).values) for r in results if r.row.sweep == sweep]
 
 
@@ -245,9 +265,8 @@ def load_pretrained(path: str | Path) -> dict:
 def load_results(path: str | Path) -> list[RowResult]:
     """The rows of a ``study.json`` written by ``python -m fl_lab.study --results`` (what lessons read)."""
     rows = read_results(path, "python -m fl_lab.study")["rows"]
-    return [RowResult(Row(r["sweep"], r["label"], r["overrides"], tuple(r["arms"])),
-                      {arm: [RunRecord(**run) for run in runs] for arm, runs in r["arms"].items()}, r["imbalance"])
-            for r in rows]
+    return [RowResult(Row(r["sweep"], r["label"], r["overrides"], tuple(a["name"] for a in r["arms"])),
+                      {a["name"]: ArmResult.from_json(a) for a in r["arms"]}, r["imbalance"]) for r in rows]
 
 
 FIGURE4_ROWS = ((REFERENCE, "figure4"), (PRETRAINED, "figure4_pretrained"))
@@ -288,14 +307,15 @@ def format_figure4(seeds: Sequence[dict]) -> str:
         lines.append(f"{key:<18}" + "".join(f"{cells[key, f]:>{column}}" for f in fractions))
     verdicts = [[c["verdict"] for c in s["claims"]] for s in seeds]
     for i, claim in enumerate(seeds[0]["claims"]):
-        lines.append(f"{claim['text']}: {', '.join(v[i] for v in verdicts)} (seeds {', '.join(str(s['seed']) for s in seeds)})")
+        lines.append(f"{claim['text']}: {', '.join(v[i] for v in verdicts)} "
+                     f"(seeds {', '.join(str(s['seed']) for s in seeds)})")
     return "\n".join(lines)
 
 
 def to_json(results: Sequence[RowResult]) -> list[dict]:
     """Every row, arm and run: configuration, metrics, final losses, seconds."""
     return [{"sweep": r.row.sweep, "label": r.row.label, "overrides": r.row.overrides, "imbalance": r.imbalance,
-             "arms": {arm: [dataclasses.asdict(run) for run in runs] for arm, runs in r.runs.items()}}
+             "arms": [arm.to_json() for arm in r.results.values()]}
             for r in results]
 
 
@@ -317,15 +337,9 @@ def gap_figure(results: Sequence[RowResult], sweep: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fl_lab.study``: run the study (finished runs are read back), print it, write results."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m fl_lab.study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/fl_vs_ce", help="folder of the runs (finished runs are read back)")
-    parser.add_argument("--results", default=None, help="folder for study.txt, study.json and the figures")
+    parser = experiment_parser("python -m fl_lab.study", __doc__, "runs/fl_vs_ce")
     parser.add_argument("--sweeps", default=None, help="comma-separated sweeps to run (default: all): "
                         + ", ".join(dict.fromkeys(r.sweep for r in study_rows())))
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     rows = study_rows()
     if args.sweeps:
@@ -357,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for sweep, name in FIGURE4_ROWS:  # Figure 4 on each seed's FL model, one object per image (lesson 05)
             row = next((r for r in results if r.row.sweep == sweep and r.row.label == ONE_OBJECT), None)
             if row is not None:
-                seeds = figure4(row.runs[FL])
+                seeds = figure4(row.results[FL].runs)
                 (folder / f"{name}.json").write_text(json.dumps({"images": FIGURE4_IMAGES, "seeds": seeds}, indent=2))
                 (folder / f"{name}.txt").write_text(format_figure4(seeds) + "\n")
                 print(f"\n{name}: {sweep}, {ONE_OBJECT}\n" + format_figure4(seeds))

@@ -1,13 +1,13 @@
-"""Weights from elsewhere: ImageNet backbones and torchvision's trained RetinaNet.
+"""Backbone weights from elsewhere: torchvision's ImageNet ResNets.
 
 * :func:`imagenet_weights` fetches torchvision's ImageNet weights of a ResNet into the torch hub
   cache, only when asked, through the kit's resumable, verified downloader;
 * :func:`load_backbone_weights` loads ImageNet weights into a torchvision ResNet from a file, from
   the torch hub cache, or ``"imagenet"`` (fetched first) — the paper fine-tunes from ImageNet (§4.1);
 * :func:`detector_resnet` builds the ResNet a detector fine-tunes (frozen BatchNorm, fixed stem and
-  first stage) or trains from scratch — fl_lab's RetinaNet and lesson 07's Faster R-CNN share it;
-* :func:`from_torchvision_keys` renames a torchvision ``retinanet_resnet50_fpn`` state dict to
-  fl_lab's module names (:meth:`fl_lab.model.RetinaNet.from_torchvision` uses it).
+  first stage) or trains from scratch — fl_lab's RetinaNet and lesson 07's Faster R-CNN share it.
+
+torchvision's trained RetinaNet is loaded by :mod:`fl_lab.torchvision_weights`.
 """
 
 from __future__ import annotations
@@ -19,41 +19,10 @@ from typing import Optional, Union
 
 import torch
 import torchvision
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["cached_imagenet_weights", "detector_resnet", "from_torchvision_keys", "imagenet_weights",
-           "load_backbone_weights"]
-
-
-def from_torchvision_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A torchvision RetinaNet state dict with fl_lab's key names (the backbone's are the same).
-
-    BatchNorm's ``num_batches_tracked`` counters are dropped (frozen BatchNorm has none), and the
-    older head-key format of torchvision < 0.13 (``conv.N.weight``) is accepted.
-    """
-    renamed = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        key = re.sub(r"^(head\.\w+_head\.conv\.\d+)\.(weight|bias)$", r"\1.0.\2", key)
-        for old, new in _TORCHVISION_KEYS:
-            if key.startswith(old):
-                key = new + key[len(old):]
-                break
-        renamed[key] = value
-    if "class_subnet.out.weight" not in renamed:
-        raise ValueError("not a torchvision RetinaNet state dict: 'head.classification_head.cls_logits.weight' is missing")
-    return renamed
-
-
-# torchvision's module names -> fl_lab's (the backbone is the same torchvision module).
-_TORCHVISION_KEYS = (
-    ("head.classification_head.conv.", "class_subnet.conv."),
-    ("head.classification_head.cls_logits.", "class_subnet.out."),
-    ("head.regression_head.conv.", "box_subnet.conv."),
-    ("head.regression_head.bbox_reg.", "box_subnet.out."),
-)
+__all__ = ["cached_imagenet_weights", "detector_resnet", "imagenet_weights", "load_backbone_weights"]
 
 
 _IMAGENET = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",

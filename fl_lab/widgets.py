@@ -80,7 +80,9 @@ def imbalance_explorer(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha
 def anchor_explorer(image, generator: AnchorGenerator) -> W.VBox:
     """Pick a level, aspect ratio and scale; see that anchor at every location of its level."""
     controls = {
-        "level": W.Dropdown(options=[(n, i) for i, n in enumerate(level_names(generator))], value=0, description="level"),
+        "level": W.Dropdown(
+            options=[(n, i) for i, n in enumerate(level_names(generator))], value=0, description="level"
+        ),
         "ratio_index": W.Dropdown(
             options=[(f"{r:g}", i) for i, r in enumerate(generator.aspect_ratios)], value=0, description="h/w"
         ),
@@ -116,7 +118,8 @@ def matching_explorer(image, generator: AnchorGenerator, gt_boxes: Tensor) -> W.
         labels = torch.where(matches >= 0, 0, matches)  # one class: only fg / ignored / bg matter here
         counts = analysis.count_assignments(labels, levels, len(generator.strides)).sum(0).tolist()
         print("foreground {:,} · ignored {:,} · background {:,}".format(*counts))
-        display(plots.assignment_figure(image, anchors, levels, labels, gt_boxes, (matches >= 0) & (strict < 0), level_names(generator)))
+        display(plots.assignment_figure(image, anchors, levels, labels, gt_boxes, (matches >= 0) & (strict < 0),
+                                        level_names(generator)))
 
     return W.VBox([W.HBox(list(sliders.values())), W.interactive_output(render, sliders)])
 

@@ -6,10 +6,9 @@ import json
 import pytest
 
 from fl_lab import plots
-from fl_lab.ablations import (Ablation, AblationResult, check_orderings, figure_rows, format_table, run_ablations,
-                             table1_base, table1_grid)
+from fl_lab.ablations import check_orderings, figure_rows, format_table, run_ablations, table1_base, table1_grid
 from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, format_claims
-from fl_lab.experiment import RunRecord
+from fl_lab.experiment import Arm, ArmResult, RunRecord
 from fl_lab.train import PRESETS, Config
 
 
@@ -47,9 +46,9 @@ def tiny(out, **kw) -> Config:
 
 def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
     grid = [
-        Ablation("fl", "g1", dict(loss_fn="focal")),
-        Ablation("ohem", "g2", dict(loss_fn="ohem", ohem_batch=16)),
-        Ablation("blow up", "g3", dict(loss_fn="ce", prior=None, lr=1e8, warmup=0)),
+        Arm("fl", "g1", dict(loss_fn="focal")),
+        Arm("ohem", "g2", dict(loss_fn="ohem", ohem_batch=16)),
+        Arm("blow up", "g3", dict(loss_fn="ce", prior=None, lr=1e8, warmup=0)),
     ]
     results = run_ablations(grid, tiny(tmp_path / "base"), tmp_path / "abl", seeds=(0, 1), progress=False)
     fl, ohem, blow = results
@@ -58,7 +57,8 @@ def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
     assert all(r.metrics is not None and r.diverged_at is None and r.final["total"] > 0 for r in ohem.runs)
     assert blow.diverged == [r.diverged_at for r in blow.runs] and len(blow.diverged) == 2 and blow.ap == 0.0
     record = json.loads((tmp_path / "abl" / "ohem" / "seed1" / "run.json").read_text())
-    assert record["config"]["loss_fn"] == "ohem" and record["config"]["ohem_batch"] == 16 and record["config"]["seed"] == 1
+    assert (record["config"]["loss_fn"] == "ohem" and record["config"]["ohem_batch"] == 16
+            and record["config"]["seed"] == 1)
     assert (tmp_path / "abl" / "fl" / "seed0" / "metrics.json").is_file()
     assert ohem.runs[0].out == str(tmp_path / "abl" / "ohem" / "seed0")
     assert fl.runs[0].final != fl.runs[1].final  # another seed: other weights, data and order
@@ -79,16 +79,16 @@ def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
 
 
 def test_runner_rejects_an_unknown_field(tmp_path):
-    with pytest.raises(ValueError, match="bad"):
-        run_ablations([Ablation("bad", "g", dict(learning_rate=1))], tiny(tmp_path), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="arm 'bad': .*learning_rate"):
+        run_ablations([Arm("bad", "g", dict(learning_rate=1))], tiny(tmp_path), tmp_path, progress=False)
 
 
-def result(ablation: Ablation, aps=None, diverged_at=None) -> AblationResult:
+def result(arm: Arm, aps=None, diverged_at=None) -> ArmResult:
     """A row with one run per AP value (None: every run diverged at ``diverged_at``)."""
     aps = aps if aps is not None else [None] * 3
     runs = [RunRecord({"seed": i}, None if ap is None else {"AP": ap, "AP50": ap, "AP75": ap},
                       diverged_at if ap is None else None, {}, 1.0, "nowhere") for i, ap in enumerate(aps)]
-    return AblationResult(ablation, runs)
+    return ArmResult(arm, runs)
 
 
 def test_orderings_are_judged_against_the_seeds_noise():
@@ -151,7 +151,10 @@ def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys
     assert saved["rows"][0]["paper"] == [34.0, 52.5, 36.5] and saved["base"]["device"] == "cpu"
     assert [run["config"]["seed"] for run in saved["rows"][0]["runs"]] == [0, 1] and saved["seeds"] == [0, 1]
     loaded = ablations.load_results(tmp_path / "res" / "table1.json")  # what lesson 06 reads
-    assert [r.ablation for r in loaded] == [ablations.FL_GAMMA_2, ablations.NO_PRIOR]
+    assert [r.arm for r in loaded] == [ablations.FL_GAMMA_2, ablations.NO_PRIOR]
+    assert [r.runs for r in loaded] == [r.runs for r in ablations.run_ablations(
+        [ablations.FL_GAMMA_2, ablations.NO_PRIOR], tiny(tmp_path / "base", steps=2), tmp_path / "runs", (0, 1),
+        progress=False)]  # the runs read back from their folders are the runs written
     assert format_table(loaded) in printed
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.ablations --results"):
         ablations.load_results(tmp_path / "nothing.json")

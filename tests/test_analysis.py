@@ -27,9 +27,11 @@ def test_simulated_batch_shape_and_labels():
     assert math.isclose(PRIOR_LOGIT, -math.log(99), rel_tol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_anchors=0), dict(num_anchors=5, num_positives=6), dict(neg_logit_std=-1)])
-def test_simulated_batch_rejects_bad_sizes(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs,says", [(dict(num_anchors=0), "num_anchors >= 1"),
+                                         (dict(num_anchors=5, num_positives=6), "num_positives <= num_anchors"),
+                                         (dict(neg_logit_std=-1), "logit spreads must be >= 0")])
+def test_simulated_batch_rejects_bad_sizes(kwargs, says):
+    with pytest.raises(ValueError, match=says):
         simulate_anchor_batch(**kwargs)
 
 
@@ -57,8 +59,8 @@ def test_focal_loss_moves_the_loss_from_easy_negatives():
     assert ce["easy negatives"].share > 0.9
     assert bce["easy negatives"].share > 0.85
     assert fl["easy negatives"].share < 0.6
-    hard = lambda r: r["positives"].share + r["hard negatives"].share  # noqa: E731
-    assert hard(fl) > 5 * hard(ce)
+    hard_fl, hard_ce = (r["positives"].share + r["hard negatives"].share for r in (fl, ce))
+    assert hard_fl > 5 * hard_ce
 
 
 def test_labels_and_table():
@@ -69,8 +71,10 @@ def test_labels_and_table():
     logits, target = simulate_anchor_batch(num_anchors=500, num_positives=5)
     table = format_shares(compare_losses(logits, target, [LossSetting(0, None), LossSetting(2, 0.25)]))
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("CE") and lines[3].startswith("FL (γ = 2, α = 0.25)")
+    assert len(lines) == 5 and lines[3].startswith("CE") and lines[4].startswith("FL (γ = 2, α = 0.25)")
     assert all(g in lines[0] for g in GROUPS)
+    groups = loss_shares(logits, target, LossSetting(0, None))
+    assert lines[2].split()[1:] == [f"{groups[g].count:,}" for g in GROUPS] + ["500"]  # the anchors of each group
 
 
 def test_easy_threshold_is_validated():

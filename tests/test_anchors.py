@@ -35,7 +35,7 @@ def test_feature_sizes_match_a_stride_two_conv_chain():
 def reference_anchors(size, sizes, scales, ratios, strides, offset):
     """Straight from the paper, in float64 Python: area (size·scale)², ratio = h / w."""
     out = []
-    for base, stride in zip(sizes, strides):
+    for base, stride in zip(sizes, strides, strict=True):
         rows, cols = size[0], size[1]
         for _ in range(int(math.log2(stride))):
             rows, cols = math.ceil(rows / 2), math.ceil(cols / 2)
@@ -76,7 +76,8 @@ def test_order_is_level_row_column_then_ratio_major():
     assert (heights[:3] < widths[:3]).all() and torch.allclose(heights[3:6], widths[3:6])  # ratio 0.5 first
     assert (widths[0] < widths[1]) and (widths[1] < widths[2])  # then scales ascending
     levels = gen.level_of(size)
-    assert levels.tolist() == sorted(levels.tolist()) and torch.bincount(levels).tolist() == gen.num_anchors_per_level(size)
+    assert (levels.tolist() == sorted(levels.tolist())
+            and torch.bincount(levels).tolist() == gen.num_anchors_per_level(size))
     assert level_names(gen) == ["P3", "P4", "P5", "P6", "P7"]
 
 

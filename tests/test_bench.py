@@ -47,7 +47,8 @@ def test_adapter_loss_equals_torchvision_forward(bench):
     torch.manual_seed(1)
     images = torch.randn(3, 3, 128, 128)
     output = adapter(images)
-    assert output.cls_logits.shape == (3, sum(output.anchors_per_level), 3) and output.anchors.shape == (sum(output.anchors_per_level), 4)
+    assert (output.cls_logits.shape == (3, sum(output.anchors_per_level), 3)
+            and output.anchors.shape == (sum(output.anchors_per_level), 4))
     losses = adapter.loss(output, targets(), loss_fn="focal", normalize="batch")  # fl_lab's options are ignored
     expected = tv(list(images), targets())
     assert torch.allclose(losses["cls"], expected["classification"], rtol=1e-6)
@@ -71,7 +72,7 @@ def test_adapter_detect_equals_torchvision_eval_in_fl_labs_format(bench):
         expected = tv(list(images))  # postprocess_detections with the settings detect just gave it
         fl_lab_det = RetinaNet(3, backbone="resnet18", fpn_channels=32, head_convs=0).eval()
         reference = fl_lab_det.detect(fl_lab_det(images), [(128, 128)] * 2)
-    for det, exp, ref in zip(dets, expected, reference):
+    for det, exp, ref in zip(dets, expected, reference, strict=True):
         assert len(det["boxes"]) == 150
         assert set(det) == set(ref) == {"boxes", "scores", "labels"}
         for key in det:

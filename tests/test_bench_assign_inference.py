@@ -14,7 +14,6 @@ from fl_lab.matcher import Matcher, assign_targets, pad_targets
 from fl_lab.model import RetinaNet, RetinaNetOutput
 
 
-
 @pytest.mark.parametrize("name, num_rows", [("assign", 1), ("inference", 2)])
 def test_script_runs_and_writes_its_json(name, num_rows, tmp_path, capsys):
     payload = load(name).main(["--quick", "--device", "cpu", "--repeats", "1", "--results", str(tmp_path)])
@@ -88,12 +87,12 @@ def test_detect_equals_a_per_image_reference(seed, settings):
     sizes = [(size[0] - 7 * i, size[1] - 3 * i) for i in range(batch)]  # clipped to each image's own size
     model = RetinaNet(num_classes, backbone="resnet18", fpn_channels=32, head_convs=0)
     ours, expected = model.detect(output, sizes, **settings), reference_detect(output, sizes, **settings)
-    for det, ref in zip(ours, expected):
+    for det, ref in zip(ours, expected, strict=True):
         assert len(det["boxes"]) == len(ref["boxes"])
         assert det["labels"].dtype == torch.int64 and torch.all(det["scores"][:-1] >= det["scores"][1:])
         # In (class, box) order: detections of equal score may come in either order. Scores are the
         # same up to rounding (a sigmoid over a differently laid out tensor).
-        mine, theirs = (sorted(zip(d["labels"].tolist(), d["boxes"].tolist(), d["scores"].tolist()))
+        mine, theirs = (sorted(zip(d["labels"].tolist(), d["boxes"].tolist(), d["scores"].tolist(), strict=True))
                         for d in (det, ref))
         assert [m[:2] for m in mine] == [t[:2] for t in theirs]
         torch.testing.assert_close(torch.tensor([m[2] for m in mine]), torch.tensor([t[2] for t in theirs]),

@@ -6,6 +6,7 @@ import json
 import pytest
 from bench_scripts import load
 
+
 def test_focal_loss_bench_runs_and_writes_json(tmp_path, capsys):
     payload = load("focal_loss").main(["--quick", "--device", "cpu", "--repeats", "1", "--results", str(tmp_path)])
     (row,) = payload["rows"]

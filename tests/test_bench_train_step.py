@@ -24,7 +24,7 @@ def test_one_step_of_each_model_on_the_same_batch(bench):
         loss = bench.train_step(contender, batch, bf16=False)
         assert loss.dim() == 0 and math.isfinite(loss.item()) and loss.item() > 0, name
         # The SGD step moved the weights, from the output convs down to the stem.
-        moved = [not torch.equal(b, p) for b, p in zip(before, contender.model.parameters())]
+        moved = [not torch.equal(b, p) for b, p in zip(before, contender.model.parameters(), strict=True)]
         assert sum(moved) > 0.9 * len(moved), name
 
 

@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
-from fl_lab.boxes import BoxCoder, box_iou_batched, check_boxes, random_boxes
+from fl_lab.boxes import (
+    BoxCoder,
+    batched_nms_in_runs,
+    box_iou_batched,
+    check_boxes,
+    random_boxes,
+    rank_in_group,
+)
 
 
 def pairs(n=200, seed=0, dtype=torch.float32):
@@ -31,10 +38,11 @@ def test_box_coder_equals_torchvision(weights):
 def test_encode_matches_float64_reference():
     boxes, anchors = pairs(50, dtype=torch.float64)
     expected = []
-    for (bx1, by1, bx2, by2), (ax1, ay1, ax2, ay2) in zip(boxes.tolist(), anchors.tolist()):
+    for (bx1, by1, bx2, by2), (ax1, ay1, ax2, ay2) in zip(boxes.tolist(), anchors.tolist(), strict=True):
         aw, ah, bw, bh = ax2 - ax1, ay2 - ay1, bx2 - bx1, by2 - by1
         expected.append(
-            [((bx1 + bx2) / 2 - (ax1 + ax2) / 2) / aw, ((by1 + by2) / 2 - (ay1 + ay2) / 2) / ah, math.log(bw / aw), math.log(bh / ah)]
+            [((bx1 + bx2) / 2 - (ax1 + ax2) / 2) / aw, ((by1 + by2) / 2 - (ay1 + ay2) / 2) / ah,
+             math.log(bw / aw), math.log(bh / ah)]
         )
     torch.testing.assert_close(BoxCoder().encode(boxes, anchors), torch.tensor(expected, dtype=torch.float64))
 
@@ -124,3 +132,23 @@ def test_top_k_per_group_matches_a_loop_over_groups():
             expected += sorted(members, key=lambda i: (-score[i].item(), i))[:k]
         assert top_k_per_group(group, score, k, 7).tolist() == expected
     assert top_k_per_group(group[:0], score[:0], 5, 7).numel() == 0
+
+
+def test_rank_in_group_keeps_the_given_order():
+    group = torch.tensor([2, 0, 2, 2, 0, 3])
+    rank, counts = rank_in_group(group, 5)
+    assert rank.tolist() == [0, 0, 1, 2, 1, 0] and counts.tolist() == [2, 0, 3, 1, 0]
+
+
+def test_batched_nms_in_runs_keeps_what_torchvision_keeps():
+    g = torch.Generator().manual_seed(1)
+    boxes = random_boxes(600, (64, 64), 4.0, 40.0, generator=g)  # ~15 a group: runs of several groups
+    scores = torch.rand(600, generator=g)
+    groups = torch.randint(0, 40, (600,), generator=g)
+    kept = batched_nms_in_runs(boxes, scores, groups, 0.5, 40)
+    expected = batched_nms(boxes.double(), scores.double(), groups, 0.5)  # one call over all groups
+    assert sorted(kept.tolist()) == sorted(expected.tolist()) and len(set(kept.tolist())) == len(kept)
+    for gid in range(40):  # within each group: best score first
+        mine = scores[kept[groups[kept] == gid]]
+        assert bool((mine[:-1] >= mine[1:]).all())
+    assert batched_nms_in_runs(boxes[:0], scores[:0], groups[:0], 0.5, 40).numel() == 0

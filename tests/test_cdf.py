@@ -7,11 +7,22 @@ import pytest
 import torch
 
 from fl_lab import plots
-from fl_lab.analysis import FAILS, HOLDS, LossCDF, Reservoir, cumulative_loss, format_claims, hardest_share, loss_cdf, paper_findings
+from fl_lab.analysis import (
+    FAILS,
+    HOLDS,
+    LossCDF,
+    Reservoir,
+    cumulative_loss,
+    format_claims,
+    hardest_share,
+    loss_cdf,
+    paper_findings,
+)
 from fl_lab.data import Shapes, collate
 from fl_lab.loss import BACKGROUND
 from fl_lab.matcher import assign_targets, pad_targets
 from fl_lab.model import RetinaNet
+from fl_lab.torchvision_weights import retinanet_from_torchvision
 
 
 def fl_reference(p_t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -206,7 +217,8 @@ def test_paper_findings_on_samples_shaped_like_figure_4():
     # loss at γ = 0 and 57% at γ = 2
     positives = torch.distributions.Beta(1.0, 2.0).sample((20_000,)).double().clamp(0.01, 0.99)
     # negatives: mostly very easy (p_t ≈ 0.999), a few hard ones
-    negatives = torch.cat([torch.full((9_900,), 0.999), torch.rand(100, generator=gen, dtype=torch.float64) * 0.5 + 0.2])
+    negatives = torch.cat([torch.full((9_900,), 0.999),
+                           torch.rand(100, generator=gen, dtype=torch.float64) * 0.5 + 0.2])
     claims = paper_findings(LossCDF.from_probabilities(positives, negatives))
     assert len(claims) == 4
     assert [claims[i].verdict for i in (0, 1, 3)] == [HOLDS] * 3, format_claims(claims)
@@ -238,7 +250,7 @@ def test_loss_cdf_of_a_torchvision_coco_model_on_a_coco_folder(tmp_path):
         "annotations": [{"id": 1, "image_id": 1, "category_id": 90, "bbox": [10, 10, 60, 50]},
                         {"id": 2, "image_id": 2, "category_id": 1, "bbox": [30, 20, 40, 90]}],
     }))
-    model = RetinaNet.from_torchvision(torch.load(tmp_path / "weights.pth", weights_only=True))
+    model = retinanet_from_torchvision(torch.load(tmp_path / "weights.pth", weights_only=True))
     data = CocoDataset(tmp_path / "val", tmp_path / "ann.json", category_id_labels=True)
     result = loss_cdf(model, data, progress=False)
     assert model.num_classes == 91 and result.num_images == 2 and result.seen_positives > 0

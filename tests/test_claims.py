@@ -21,7 +21,7 @@ T2, T4 = 4.303, 2.776  # two-sided 95 % critical values of t with 2 and 4 degree
 
 
 def _paired_interval(a, b, t):  # the rule written out: the per-seed differences' mean ± t · SE
-    d = [x - y for x, y in zip(a, b)]
+    d = [x - y for x, y in zip(a, b, strict=True)]
     half = t * statistics.stdev(d) / math.sqrt(len(d))
     return statistics.fmean(d) - half, statistics.fmean(d) + half
 

@@ -126,7 +126,8 @@ def _same_state(a: dict, b: dict) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+        return (isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same_state(x, y) for x, y in zip(a, b, strict=True)))
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     return a == b
@@ -204,3 +205,22 @@ def test_resume_continues_a_random_transform_exactly(tmp_path):
     rest = train(model(), loader(start_step=3), settings, "cpu", progress=False, out=tmp_path / "b",
                  resume_from=load_checkpoint(tmp_path / "b" / "last.pt"))
     assert [r["total"] for r in rest] == [r["total"] for r in full[3:]]
+
+
+def test_a_saved_configuration_has_one_reader(tmp_path):
+    from fl_lab.train import read_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 7, "lr": 0.5}))
+    config = read_config(tmp_path)  # a field the kit gained since: its default
+    assert (config.steps, config.lr, config.normalize) == (7, 0.5, Config().normalize)
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 7, "learning_rate": 0.5}))
+    with pytest.raises(ValueError, match=r"config.json has settings this fl_lab does not know, \['learning_rate'\]"):
+        read_config(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds no configuration"):
+        read_config(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_config(tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        read_config(tmp_path / "nowhere")

@@ -1,12 +1,21 @@
 """fl_lab.data.coco: the lesson's hand-made boxes, and clear errors for malformed files."""
 
+import contextlib
+import io
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader
+from torchvision.io import write_jpeg, write_png
 
-from fl_lab.data.coco import load_coco_annotations
+from fl_lab.data.coco import CocoDataset, load_coco_annotations
+from fl_lab.data.transforms import Compose, RandomHorizontalFlip, Resize, collate
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "grace_hopper_boxes.json"
 
@@ -79,18 +88,6 @@ def test_missing_file(tmp_path):
 
 # --- CocoDataset over a tiny folder written here -------------------------------------------
 
-import contextlib
-import io
-import warnings
-
-import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader
-from torchvision.io import write_jpeg, write_png
-
-from fl_lab.data.coco import CocoDataset
-from fl_lab.data.transforms import Compose, RandomHorizontalFlip, Resize, collate
 
 
 def pixels(height, width, seed):
@@ -134,7 +131,8 @@ def dataset(tmp_path, data=None, **kwargs):
 
 def test_dataset_items_follow_the_conventions(tmp_path, capsys):
     images, ann = make_folder(tmp_path)
-    with pytest.warns(UserWarning, match=r"ann\.json: 2 box\(es\) reached outside their image or were under 1 px") as record:
+    with pytest.warns(UserWarning,
+                      match=r"ann\.json: 2 box\(es\) reached outside their image or were under 1 px") as record:
         ds = CocoDataset(images, ann)
     assert len(record) == 1 and ds.num_dropped == 2
     assert capsys.readouterr().out == ""  # pycocotools' index messages are silenced

@@ -1,14 +1,24 @@
 """fl_lab.compare: torchvision's detectors behind fl_lab's interface, trained by fl_lab's loop,
 scored by fl_lab's evaluation; and the inference timer."""
 
+import contextlib
+import io
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 
-from fl_lab.compare import DETECTORS, ImagesOnly, TorchvisionDetector, build_torchvision_detector, inference_ms_per_image
+from fl_lab.compare import (
+    DETECTORS,
+    ImagesOnly,
+    TorchvisionDetector,
+    build_torchvision_detector,
+    inference_ms_per_image,
+)
 from fl_lab.data import Shapes, collate
 from fl_lab.evaluate import evaluate, predict
 from fl_lab.model import RetinaNet
@@ -42,7 +52,32 @@ def test_detector_trains_with_fl_lab_loop_and_is_scored_by_fl_lab_evaluation(kin
             assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE  # clipped to the image
             assert bool((det["scores"][:-1] >= det["scores"][1:]).all())
     metrics = evaluate(detector, data, batch_size=4, progress=False)
-    assert set(metrics) >= {"AP", "AP50", "AP75"} and all(0.0 <= metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+    detections = predict(detector, data, batch_size=4, progress=False)  # evaluate's thresholds: the defaults
+    assert metrics["AP"] == pytest.approx(pycocotools_ap(data, detections), abs=1e-12)
+
+
+def pycocotools_ap(dataset, detections) -> float:
+    """COCO AP (0.5:0.95) of ``detections`` on ``dataset``, straight from pycocotools (not fl_lab.evaluate)."""
+    images, truth = [], []
+    for image, target in (dataset[i] for i in range(len(dataset))):
+        images.append({"id": int(target["image_id"]), "height": image.shape[1], "width": image.shape[2]})
+        for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist(), strict=True):
+            truth.append({"id": len(truth) + 1, "image_id": int(target["image_id"]), "category_id": label + 1,
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    found = [{"image_id": d["image_id"], "category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+             for d in detections for (x1, y1, x2, y2), label, score in
+             zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist(), strict=True)]
+    if not found:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": truth, "categories": [{"id": k + 1} for k in range(K)]}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(found), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
 
 
 def test_detections_equal_torchvision_own_output_shifted(data):
@@ -53,7 +88,7 @@ def test_detections_equal_torchvision_own_output_shifted(data):
     ours = detector.detect(detector(batch.images), batch.image_sizes, score_thresh=0.0)
     with torch.no_grad():
         theirs = tv(list(batch.images))
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a["labels"], b["labels"] - 1)
         torch.testing.assert_close(a["scores"], b["scores"])
         torch.testing.assert_close(a["boxes"], b["boxes"].clamp(0, SIZE))
@@ -146,19 +181,25 @@ def test_inference_timer_excludes_warmup_and_takes_the_median():
 
 
 def test_inference_timer_on_fl_lab_retinanet():
-    model = RetinaNet(K, backbone="resnet18", fpn_channels=32, head_convs=1)
-    ms = inference_ms_per_image(model, torch.zeros(2, 3, SIZE, SIZE), repeats=1, warmup=1)
-    assert ms > 0
+    model = RetinaNet(K, backbone="resnet18", fpn_channels=32, head_convs=1).train()
+    detected = []
+    real_detect = model.detect
+    model.detect = lambda *a, **kw: detected.append(model.training) or real_detect(*a, **kw)
+    ticks = iter(range(100))  # a clock that advances one second at each reading
+    ms = inference_ms_per_image(model, torch.zeros(2, 3, SIZE, SIZE), repeats=3, warmup=1,
+                                clock=lambda: float(next(ticks)))
+    assert ms == 1e3 * 1.0 / 2  # each timed call spans one reading to the next; 2 images a batch
+    assert detected == [False] * 4 and model.training  # 1 + 3 calls in eval mode, the mode restored
 
 
 def test_orderings_are_judged_against_the_seeds_noise():
     from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE
-    from fl_lab.compare import Entry, check_orderings
-    from fl_lab.experiment import RunRecord
+    from fl_lab.compare import check_orderings
+    from fl_lab.experiment import Arm, ArmResult, RunRecord
 
     def entry(name, aps, ms):
-        return Entry(name, "", 96, [RunRecord({"seed": i}, {"AP": a, "AP50": a}, None, {}, 1.0, "") for i, a in
-                                    enumerate(aps)], ms)
+        return ArmResult(Arm(name), [RunRecord({"seed": i, "image_size": 96}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
+                                     for i, a in enumerate(aps)], {"ms_per_image": ms})
 
     entries = [entry("RetinaNet (FL)", [0.30, 0.31, 0.32], 5.0), entry("RetinaNet (α-CE)", [0.20, 0.21, 0.19], 5.0),
                entry("Faster R-CNN", [0.25, 0.40, 0.31], 9.0), entry("SSD", [0.40, 0.41, 0.42], 3.0)]
@@ -196,11 +237,11 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
     assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
-    assert [(e["name"], e["image_size"]) for e in saved["entries"]] == [
+    assert [(e["name"], e["runs"][0]["config"]["image_size"]) for e in saved["entries"]] == [
         ("RetinaNet (FL)", 64), ("RetinaNet (FL)", 96), ("RetinaNet (α-CE)", 64), ("Faster R-CNN", 64), ("SSD", 64)]
     entries = saved["entries"]
     assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
-    assert entries[4]["design"] == compare.DETECTORS["ssdlite"]  # the CPU's SSD
+    assert entries[4]["group"] == compare.DETECTORS["ssdlite"] and entries[4]["detector"] == "ssdlite"  # the CPU's SSD
     # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
     assert [e["runs"][0]["config"]["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
     # each record says what trained: torchvision's detectors with their own losses, whatever the config's loss_fn
@@ -213,7 +254,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 4 + [None]
     outs = [run["out"] for e in entries for run in e["runs"]]
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
-    assert all(e["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
+    assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
     loaded = compare.load_results(tmp_path / "res" / "compare.json")
     table = compare.format_table(loaded)
     assert table in printed and all(compare.PAPER[e.name] in table for e in loaded)

@@ -6,26 +6,31 @@ import pytest
 
 from fl_lab import confirm
 from fl_lab.analysis import VERDICTS
+from fl_lab.experiment import Arm
 from fl_lab.train import Config
 
 TINY = dict(image_size=64, train_images=8, val_images=4, num_classes=2, backbone="resnet18", fpn_channels=16,
             head_convs=1, batch_size=2, steps=2, warmup=1, workers=0, min_object_size=16.0, log_every=1,
             checkpoint_every=0, device="cpu")
-ARMS = (confirm.Arm("FL", {"lr 0.01": dict(loss_fn="focal", lr=0.01), "lr 0.02": dict(loss_fn="focal", lr=0.02)}),
-        confirm.Arm("CE", {"α .5": dict(loss_fn="balanced_ce", alpha=0.5),
-                           "α .9": dict(loss_fn="balanced_ce", alpha=0.9)}))
+ARMS = (confirm.Search("FL", (Arm("lr 0.01", overrides=dict(loss_fn="focal", lr=0.01)),
+                              Arm("lr 0.02", overrides=dict(loss_fn="focal", lr=0.02)))),
+        confirm.Search("CE", (Arm("α .5", overrides=dict(loss_fn="balanced_ce", alpha=0.5)),
+                              Arm("α .9", overrides=dict(loss_fn="balanced_ce", alpha=0.9)))))
 
 
 def test_each_arm_runs_the_same_search_then_its_choice_on_other_seeds(tmp_path):
     outcomes = confirm.explore_then_confirm(Config(**TINY), ARMS, tmp_path, progress=False, explore_seeds=(0, 1),
                                             confirm_seeds=(100, 101))
-    for outcome, arm in zip(outcomes, ARMS):
-        assert list(outcome.explored) == list(arm.candidates)
-        assert all([r.seed for r in runs] == [0, 1] for runs in outcome.explored.values())
-        means = {label: sum(r.ap for r in runs) / 2 for label, runs in outcome.explored.items()}
+    for outcome, search in zip(outcomes, ARMS, strict=True):
+        assert [r.arm for r in outcome.explored] == list(search.candidates)
+        assert all([run.seed for run in r.runs] == [0, 1] for r in outcome.explored)
+        means = {r.name: sum(run.ap for run in r.runs) / 2 for r in outcome.explored}
         assert outcome.chosen == max(means, key=means.get)  # the best mean on the exploration seeds
-        assert [r.seed for r in outcome.confirmed] == [100, 101]
-        assert all(r.config[k] == v for r in outcome.confirmed for k, v in arm.candidates[outcome.chosen].items())
+        assert [r.seed for r in outcome.confirmed.runs] == [100, 101]
+        chosen = next(a for a in search.candidates if a.name == outcome.chosen)
+        assert all(r.config[k] == v for r in outcome.confirmed.runs for k, v in chosen.overrides.items())
+        assert all(r.out.startswith(str(tmp_path / search.name / chosen.name.replace(" ", "_")))
+                   for r in outcome.confirmed.runs)
     (claim,) = confirm.claims(outcomes)
     assert claim.verdict in VERDICTS and f"FL ({outcomes[0].chosen}) beats CE ({outcomes[1].chosen})" in claim.text
     with pytest.raises(ValueError, match="exploration and confirmation seeds must differ"):

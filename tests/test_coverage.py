@@ -56,7 +56,7 @@ def test_matches_a_brute_force_reference_on_hand_made_boxes():
     assert c.imbalance == pytest.approx(sum(neg) / sum(pos))
     k = 3
     assert c.entry_imbalance == pytest.approx((sum(neg) * k + sum(pos) * (k - 1)) / sum(pos))
-    assert c.anchors_per_image == pytest.approx(sum(p + i + n for p, i, n in zip(pos, ign, neg)) / 4)
+    assert c.anchors_per_image == pytest.approx(sum(p + i + n for p, i, n in zip(pos, ign, neg, strict=True)) / 4)
 
 
 def test_on_shapes_and_with_the_models_matcher():

@@ -56,13 +56,14 @@ def test_wrong_classes_score_about_zero(shapes):
     g = torch.Generator().manual_seed(0)
     # A derangement per box: every label moves to one of the other k - 1 classes.
     wrong = [(t["labels"] + 1 + torch.randint(k - 1, t["labels"].shape, generator=g)) % k for t in targets]
-    assert all((w != t["labels"]).all() for w, t in zip(wrong, targets))
+    assert all((w != t["labels"]).all() for w, t in zip(wrong, targets, strict=True))
     assert coco_eval(gt, as_detections(targets, labels=wrong), dataset.category_ids)["AP"] < 0.05
 
 
 def shifted(targets, fraction):
     """Boxes moved right by ``fraction`` of their width: IoU with the original (1 - f) / (1 + f)."""
-    return [t["boxes"] + (t["boxes"][:, 2:3] - t["boxes"][:, 0:1]) * torch.tensor([fraction, 0, fraction, 0]) for t in targets]
+    return [t["boxes"] + (t["boxes"][:, 2:3] - t["boxes"][:, 0:1]) * torch.tensor([fraction, 0, fraction, 0])
+            for t in targets]
 
 
 def test_shifted_boxes_fail_the_strict_iou_thresholds(shapes):
@@ -87,7 +88,8 @@ def test_no_detections_score_zero(shapes, empty):
 def test_area_ranges_without_ground_truth_are_nan():
     gt = {
         "images": [{"id": 7, "file_name": "a.png", "width": 300, "height": 300}],
-        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 20, 150, 120], "area": 18000, "iscrowd": 0}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 20, 150, 120], "area": 18000,
+                         "iscrowd": 0}],
         "categories": [{"id": 3, "name": "big"}],
     }
     detections = [{"image_id": 7, "boxes": torch.tensor([[10.0, 20, 160, 140]]), "scores": torch.tensor([0.9]),
@@ -101,9 +103,11 @@ def test_in_memory_evaluation_equals_pycocotools_from_files(shapes, tmp_path):
     dataset, gt, targets = shapes
     g = torch.Generator().manual_seed(1)
     sides = [(t["boxes"][:, 2:] - t["boxes"][:, :2]).repeat(1, 2) for t in targets]
-    boxes = [t["boxes"] + 0.1 * s * torch.randn(s.shape, generator=g) for t, s in zip(targets, sides)]  # jittered
+    boxes = [t["boxes"] + 0.1 * s * torch.randn(s.shape, generator=g)
+             for t, s in zip(targets, sides, strict=True)]  # jittered
     scores = [torch.rand(len(t["boxes"]), generator=g) for t in targets]
-    labels = [torch.where(torch.rand(len(t["labels"]), generator=g) < 0.2, (t["labels"] + 1) % 5, t["labels"]) for t in targets]
+    labels = [torch.where(torch.rand(len(t["labels"]), generator=g) < 0.2, (t["labels"] + 1) % 5, t["labels"])
+              for t in targets]
     detections = as_detections(targets, boxes, labels, scores)
     ours = coco_eval(gt, detections, dataset.category_ids)
 
@@ -111,7 +115,8 @@ def test_in_memory_evaluation_equals_pycocotools_from_files(shapes, tmp_path):
     results = [{"image_id": d["image_id"], "category_id": dataset.category_ids[k], "score": s,
                 "bbox": [x1, y1, x2 - x1, y2 - y1]}
                for d in detections
-               for (x1, y1, x2, y2), k, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist())]
+               for (x1, y1, x2, y2), k, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist(),
+                                                 strict=True)]
     (tmp_path / "results.json").write_text(json.dumps(results))
     with contextlib.redirect_stdout(io.StringIO()):
         reference = COCO(str(tmp_path / "gt.json"))
@@ -202,7 +207,7 @@ def test_detections_figure_draws_what_passes_the_threshold():
                             targets=[t for _, t in items], columns=2, title="Shapes")
     assert len(fig.axes) == 4 and not fig.axes[3].axison  # 2 × 2 grid, the fourth panel unused
     shown = set()
-    for ax, det, (_, target) in zip(fig.axes, detections, items):
+    for ax, det, (_, target) in zip(fig.axes, detections, items, strict=False):  # the fourth axes is spare
         kept = det["scores"] >= 0.3
         n = int(kept.sum())
         assert ax.get_title() == f"image {det['image_id']}: {n} detection{'s' * (n != 1)} ≥ 0.30"

@@ -356,12 +356,12 @@ def test_normalised_loss_keeps_its_gradient(wrong, keyword):
 @pytest.mark.parametrize(
     "wrong, keyword",
     [
-        (lambda l: torch.sort(l, descending=True).values.cumsum(0) / l.sum(), "ascending"),
-        (lambda l: torch.sort(l).values.cumsum(0), "Divide by the total loss, so"),
-        (lambda l: torch.sort(l).values.cumsum(0) / l.numel(), "not by the number of samples"),
-        (lambda l: (l / l.sum()).cumsum(0), "Sort the losses"),
-        (lambda l: torch.sort(l).values / l.sum(), "cumulative sum"),
-        (lambda l: l.sum(), "shape"),
+        (lambda losses: torch.sort(losses, descending=True).values.cumsum(0) / losses.sum(), "ascending"),
+        (lambda losses: torch.sort(losses).values.cumsum(0), "Divide by the total loss, so"),
+        (lambda losses: torch.sort(losses).values.cumsum(0) / losses.numel(), "not by the number of samples"),
+        (lambda losses: (losses / losses.sum()).cumsum(0), "Sort the losses"),
+        (lambda losses: torch.sort(losses).values / losses.sum(), "cumulative sum"),
+        (lambda losses: losses.sum(), "shape"),
     ],
     ids=["descending", "not normalised", "by n", "unsorted", "no cumsum", "shape"],
 )
@@ -505,8 +505,12 @@ def test_box_coding_passes_the_solution_and_torchvision():
 
     assert ex.check_box_coding(solutions.encode, solutions.decode).passed
     assert ex.check_box_coding(_coding, _boxes_from).passed  # this file's own, written from the formulas
-    tv = lambda w: TorchvisionBoxCoder(w, bbox_xform_clip=math.log(1000 / 16))  # noqa: E731
-    assert ex.check_box_coding(lambda b, a, w: tv(w).encode_single(b, a), lambda d, a, w: tv(w).decode_single(d, a)).passed
+
+    def tv(w):
+        return TorchvisionBoxCoder(w, bbox_xform_clip=math.log(1000 / 16))
+
+    assert ex.check_box_coding(lambda b, a, w: tv(w).encode_single(b, a),
+                               lambda d, a, w: tv(w).decode_single(d, a)).passed
 
 
 @pytest.mark.parametrize("slip,keyword", [
@@ -565,8 +569,8 @@ def test_each_nms_slip_is_named(slip, keyword):
 
 
 def test_nms_wants_indices():
-    assert_caught(ex.check_nms(lambda b, s, l, t: torch.ones(len(s), dtype=torch.bool)), "not a mask")
-    assert_caught(ex.check_nms(lambda b, s, l, t: None), "forget `return`")
+    assert_caught(ex.check_nms(lambda b, s, c, t: torch.ones(len(s), dtype=torch.bool)), "not a mask")
+    assert_caught(ex.check_nms(lambda b, s, c, t: None), "forget `return`")
 
 
 def test_box_coding_stubs_and_a_missing_return_are_named():

@@ -5,8 +5,20 @@ import json
 
 import pytest
 
-from fl_lab.experiment import RECORD, RunRecord, _same_run, run_once, run_seeds, seed_stats
-from fl_lab.train import Config
+from fl_lab.evaluate import evaluate
+from fl_lab.experiment import (
+    RECORD,
+    Arm,
+    ArmResult,
+    RunRecord,
+    _same_run,
+    experiment_parser,
+    run_arm,
+    run_once,
+    run_seeds,
+    seed_stats,
+)
+from fl_lab.train import Config, datasets, load_run
 
 
 def tiny(out, **kw) -> Config:
@@ -23,13 +35,17 @@ def test_seeds_train_in_their_own_folders_and_are_read_back(tmp_path):
     saved = json.loads((tmp_path / "arm" / "seed3" / RECORD).read_text())
     assert saved["config"]["seed"] == 3 and saved["diverged_at"] is None
     assert json.dumps(saved["metrics"]) == json.dumps(runs[1].metrics)  # (NaN for an empty size range != NaN)
+    model, trained = load_run(runs[1].out)  # the record's AP is its saved model's, scored anew on its own data
+    assert trained.seed == 3 and json.dumps(evaluate(model, datasets(trained)[1], progress=False)) == \
+        json.dumps(saved["metrics"])
     assert set(runs[0].final) == {"cls", "box", "total"} and runs[0].final != runs[1].final
     stats = seed_stats(runs)
     assert stats.values == (runs[0].ap, runs[1].ap)
     again = run_seeds(config, (0, 3), progress=False)
     assert [r.seconds for r in again] == [r.seconds for r in runs]  # read back: not trained again
     retrained = run_seeds(config, (0,), progress=False, rerun=True)
-    assert retrained[0].seconds != runs[0].seconds and retrained[0].final == pytest.approx(runs[0].final)  # deterministic
+    assert (retrained[0].seconds != runs[0].seconds
+            and retrained[0].final == pytest.approx(runs[0].final))  # deterministic
 
 
 def test_a_diverged_run_is_recorded_and_counts_zero(tmp_path):
@@ -75,3 +91,29 @@ def test_a_record_names_what_really_trained(tmp_path):
     # a record written before these fields existed still reads back
     old = {k: v for k, v in saved.items() if k not in ("model", "loss", "weights_sha256")}
     assert RunRecord(**old).model == "" and RunRecord(**old).weights_sha256 is None
+
+
+def test_an_arm_is_its_fields_on_the_base_and_its_result_survives_json(tmp_path):
+    arm = Arm("FL γ=2 α=.5", "(b)", dict(loss_fn="focal", alpha=0.5), paper=(32.9,), note="R50")
+    config = arm.config(tiny(tmp_path), tmp_path / "grid")
+    assert (config.loss_fn, config.alpha, config.steps) == ("focal", 0.5, 2)
+    assert config.out == str(tmp_path / "grid" / "FL_γ=2_α=.5")  # a name made safe for a path
+    assert Arm("x", folder="here").config(tiny(tmp_path), tmp_path).out == str(tmp_path / "here")
+    with pytest.raises(ValueError, match="arm 'typo': .*lerning_rate"):
+        Arm("typo", overrides=dict(lerning_rate=1)).config(tiny(tmp_path), tmp_path)
+    result = run_arm(arm, tiny(tmp_path), tmp_path / "grid", (0, 1))
+    assert [r.out for r in result.runs] == [str(tmp_path / "grid" / "FL_γ=2_α=.5" / f"seed{s}") for s in (0, 1)]
+    assert result.name == arm.name and result.stats().values == (result.runs[0].ap, result.runs[1].ap)
+    result.measured["ms_per_image"] = 1.5
+    back = ArmResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert back.arm == arm and back.measured == {"ms_per_image": 1.5}
+    assert json.dumps([dataclasses.asdict(r) for r in back.runs]) == json.dumps(
+        [dataclasses.asdict(r) for r in result.runs])  # (NaN for an empty size range != NaN)
+    assert ArmResult(arm, [dataclasses.replace(result.runs[0], metrics=None, diverged_at=7)]).diverged == [7]
+
+
+def test_every_experiment_shares_one_command_line():
+    parser = experiment_parser("python -m x", "doc", "runs/x", seeds="0,1,2")
+    args = parser.parse_args(["--seeds", "4,5", "--results", "res"])
+    assert (args.out, args.results, args.seeds, args.debug) == ("runs/x", "res", "4,5", False)
+    assert not hasattr(experiment_parser("p", "d", "o").parse_args([]), "seeds")  # --seeds only where asked

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import Tensor
 from torch.autograd import gradcheck
 
 from fl_lab.loss import (
@@ -68,6 +70,15 @@ def ref_grad_appendix_b(x: float, y: int, gamma: float) -> float:
     s = 1 if y == 1 else -1
     p_t = 1.0 / (1.0 + math.exp(-s * x))
     return s * (1 - p_t) ** gamma * (gamma * p_t * math.log(p_t) + p_t - 1)
+
+
+def reference(entry, logits: Tensor, targets: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+    """``entry(x, t)`` of every logit and its target (N, K), in float64 Python arithmetic; 0 for the
+    rows ``valid`` (N,) leaves out (ignored anchors)."""
+    keep = valid.tolist() if valid is not None else [True] * len(logits)
+    return torch.tensor([[entry(x, t) if v else 0.0 for x, t in zip(xr, tr, strict=True)]
+                         for xr, tr, v in zip(logits.tolist(), targets.tolist(), keep, strict=True)],
+                        dtype=torch.float64)
 
 
 # ---------------------------------------------------------------- torchvision
@@ -163,19 +174,10 @@ def test_matches_float64_reference(gamma, alpha):
     logits, labels = make_batch(n=40, k=3, dtype=torch.float64)
     dense = one_hot(labels, 3, torch.float64)
     valid = labels != IGNORE
-    expected = torch.tensor(
-        [
-            [ref_focal(x, t, gamma, alpha) if v else 0.0 for x, t in zip(xr, tr)]
-            for xr, tr, v in zip(logits.tolist(), dense.tolist(), valid.tolist())
-        ],
-        dtype=torch.float64,
-    )
+    expected = reference(lambda x, t: ref_focal(x, t, gamma, alpha), logits, dense, valid)
     torch.testing.assert_close(focal_loss(logits, labels, gamma, alpha, "none"), expected, rtol=1e-12, atol=1e-15)
     soft = torch.rand(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    expected_soft = torch.tensor(
-        [[ref_focal(x, t, gamma, alpha) for x, t in zip(xr, tr)] for xr, tr in zip(logits.tolist(), soft.tolist())],
-        dtype=torch.float64,
-    )
+    expected_soft = reference(lambda x, t: ref_focal(x, t, gamma, alpha), logits, soft)
     torch.testing.assert_close(focal_loss(logits, soft, gamma, alpha, "none"), expected_soft, rtol=1e-11, atol=1e-15)
 
 
@@ -198,7 +200,7 @@ def test_gradcheck(gamma, alpha):
     soft[0, 0], soft[0, 1] = 0.0, 1.0
     for target in (labels, one_hot(labels, 3, torch.float64), soft):
         for reduction in ("none", "sum"):
-            assert gradcheck(lambda x: focal_loss(x, target, gamma, alpha, reduction), (logits,))
+            assert gradcheck(lambda x, t=target, r=reduction: focal_loss(x, t, gamma, alpha, r), (logits,))
 
 
 @pytest.mark.parametrize("gamma", GAMMAS)
@@ -207,13 +209,7 @@ def test_gradient_matches_appendix_b(gamma, alpha):
     logits, labels = make_batch(n=30, k=4, dtype=torch.float64)
     dense = one_hot(labels, 4, torch.float64)
     valid = labels != IGNORE
-    expected = torch.tensor(
-        [
-            [ref_grad_appendix_b(x, int(t), gamma) if v else 0.0 for x, t in zip(xr, tr)]
-            for xr, tr, v in zip(logits.tolist(), dense.tolist(), valid.tolist())
-        ],
-        dtype=torch.float64,
-    )
+    expected = reference(lambda x, t: ref_grad_appendix_b(x, int(t), gamma), logits, dense, valid)
     if alpha is not None:  # Appendix B omits α; it scales the gradient by α_t
         expected = expected * (alpha * dense + (1 - alpha) * (1 - dense))
     for target in (labels, dense):
@@ -292,13 +288,7 @@ def test_focal_loss_star(gamma, beta, alpha):
     logits, labels = make_batch(n=30, k=3, dtype=torch.float64)
     dense = one_hot(labels, 3, torch.float64)
     valid = labels != IGNORE
-    expected = torch.tensor(
-        [
-            [ref_focal_star(x, int(t), gamma, beta) if v else 0.0 for x, t in zip(xr, tr)]
-            for xr, tr, v in zip(logits.tolist(), dense.tolist(), valid.tolist())
-        ],
-        dtype=torch.float64,
-    )
+    expected = reference(lambda x, t: ref_focal_star(x, int(t), gamma, beta), logits, dense, valid)
     if alpha is not None:
         expected = expected * (alpha * dense + (1 - alpha) * (1 - dense))
     torch.testing.assert_close(focal_loss_star(logits, labels, gamma, beta, alpha, "none"), expected)
@@ -344,9 +334,11 @@ BAD_CALLS = {
     "bool target": (lambda x, y: focal_loss(x, torch.zeros(6, 5, dtype=torch.bool)), "dtype torch.bool"),
     "dense target out of range": (lambda x, y: focal_loss(x, torch.full((6, 5), 2.0)), r"\[0, 1\]"),
     "NaN dense target": (lambda x, y: focal_loss(x, torch.full((6, 5), float("nan"))), r"\[0, 1\]"),
-    "NaN logit": (lambda x, y: focal_loss(x.index_put((torch.tensor(2), torch.tensor(3)), torch.tensor(float("nan"))), y),
+    "NaN logit": (lambda x, y: focal_loss(x.index_put((torch.tensor(2), torch.tensor(3)),
+                                                      torch.tensor(float("nan"))), y),
                   r"1 NaN/inf value\(s\), the first at index \(2, 3\)"),
-    "inf logit": (lambda x, y: focal_loss(x.index_put((torch.tensor(0), torch.tensor(0)), torch.tensor(float("inf"))), y),
+    "inf logit": (lambda x, y: focal_loss(x.index_put((torch.tensor(0), torch.tensor(0)),
+                                                      torch.tensor(float("inf"))), y),
                   "NaN/inf"),
     "integer logits": (lambda x, y: focal_loss(y.unsqueeze(1), y), "floating-point"),
     "0-d logits": (lambda x, y: focal_loss(torch.tensor(1.0), torch.tensor(0)), "class dimension"),

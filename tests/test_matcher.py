@@ -115,14 +115,14 @@ def test_assign_targets_equals_torchvision_per_image():
     boxes, labels = batch(size=size)
     targets = assign_targets(anchors, *pad_targets(boxes, labels), num_classes=5)
     tv_matcher, tv_coder = TVMatcher(0.5, 0.4, True), TVBoxCoder((1.0, 1.0, 1.0, 1.0))
-    for i, (b, l) in enumerate(zip(boxes, labels)):
+    for i, (b, c) in enumerate(zip(boxes, labels, strict=True)):
         if len(b) == 0:
             assert (targets.labels[i] == -1).all() and (targets.box_targets[i] == 0).all()
             continue
         matches = tv_matcher(box_iou(b, anchors))
         assert torch.equal(targets.matches[i], matches)
         fg = matches >= 0
-        expected_labels = torch.where(fg, l[matches.clamp(min=0)], matches)
+        expected_labels = torch.where(fg, c[matches.clamp(min=0)], matches)
         assert torch.equal(targets.labels[i], expected_labels)
         expected_boxes = tv_coder.encode_single(b[matches[fg]], anchors[fg])
         torch.testing.assert_close(targets.box_targets[i][fg], expected_boxes)

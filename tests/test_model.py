@@ -6,17 +6,19 @@ from functools import partial
 import pytest
 import torch
 import torchvision
-from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection import RetinaNet as TVRetinaNet
+from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from fl_lab.anchors import AnchorGenerator
+from fl_lab.architecture import describe, parameter_counts
 from fl_lab.loss import balanced_cross_entropy, focal_loss
 from fl_lab.matcher import assign_targets, pad_targets
 from fl_lab.model import RetinaNet, RetinaNetOutput
+from fl_lab.torchvision_weights import retinanet_from_torchvision
 
 torch.set_grad_enabled(True)
 
@@ -111,7 +113,8 @@ def test_backbone_weights_from_a_file(tmp_path):
     torch.save(resnet.state_dict(), path)
     model = RetinaNet(3, backbone="resnet18", backbone_weights=path)
     body = model.backbone.body
-    assert torch.equal(body.conv1.weight, resnet.conv1.weight) and torch.equal(body.bn1.running_mean, resnet.bn1.running_mean)
+    assert (torch.equal(body.conv1.weight, resnet.conv1.weight)
+            and torch.equal(body.bn1.running_mean, resnet.bn1.running_mean))
     assert isinstance(body.bn1, FrozenBatchNorm2d)
     assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
     assert body.layer2[0].conv1.weight.requires_grad
@@ -128,7 +131,8 @@ def test_backbone_weights_enum_is_never_downloaded(tmp_path, monkeypatch):
     # Once the file is in the cache, it loads.
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     (tmp_path / "checkpoints").mkdir()
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "checkpoints" / weights.url.split("/")[-1])
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(),
+               tmp_path / "checkpoints" / weights.url.split("/")[-1])
     RetinaNet(3, backbone="resnet18", backbone_weights=weights)
 
 
@@ -262,7 +266,7 @@ def test_detect_clips_to_each_images_size_and_caps_count():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 128, 128))
     dets = model.detect(out, [(128, 128), (100, 60)], max_detections=50)
-    for det, (h, w) in zip(dets, [(128, 128), (100, 60)]):
+    for det, (h, w) in zip(dets, [(128, 128), (100, 60)], strict=True):
         assert len(det["boxes"]) == 50
         assert torch.all(det["scores"][:-1] >= det["scores"][1:])
         assert det["boxes"][:, 0::2].max() <= w and det["boxes"][:, 1::2].max() <= h and det["boxes"].min() >= 0
@@ -296,7 +300,7 @@ def torchvision_pair():
             if name.endswith("bias") or "bn" in name:
                 p.normal_(0, 0.1)
         tv.head.classification_head.cls_logits.bias.fill_(-1.0)  # p ≈ 0.27: plenty of detections
-    return tv, RetinaNet.from_torchvision(tv).eval()
+    return tv, retinanet_from_torchvision(tv).eval()
 
 
 def test_from_torchvision_same_outputs_and_detections(torchvision_pair):
@@ -319,7 +323,7 @@ def test_from_torchvision_same_outputs_and_detections(torchvision_pair):
     assert torch.equal(det["labels"], tv_det["labels"]) and torch.equal(det["scores"], tv_det["scores"])
     assert torch.equal(det["boxes"], tv_det["boxes"])
     # A state dict carries no ε: given the right one, the copy is exact again.
-    from_state = RetinaNet.from_torchvision(tv.state_dict(), bn_eps=0.0).eval()
+    from_state = retinanet_from_torchvision(tv.state_dict(), bn_eps=0.0).eval()
     with torch.no_grad():
         assert torch.equal(from_state(images).cls_logits, out.cls_logits)
 
@@ -342,21 +346,22 @@ def test_from_torchvision_loss_equals_torchvision_per_image(torchvision_pair):
 
 def test_from_torchvision_accepts_old_head_keys_and_rejects_others(torchvision_pair):
     tv, ours = torchvision_pair
-    old = {k.replace(".0.weight", ".weight").replace(".0.bias", ".bias") if ".conv." in k and k.startswith("head") else k: v
+    old = {(k.replace(".0.weight", ".weight").replace(".0.bias", ".bias")
+            if ".conv." in k and k.startswith("head") else k): v
            for k, v in tv.state_dict().items()}
     assert "head.classification_head.conv.0.weight" in old
-    again = RetinaNet.from_torchvision(old)
+    again = retinanet_from_torchvision(old)
     assert torch.equal(again.class_subnet.conv[0][0].weight, ours.class_subnet.conv[0][0].weight)
     with pytest.raises(ValueError, match="cls_logits"):
-        RetinaNet.from_torchvision({"backbone.body.conv1.weight": torch.zeros(1)})
+        retinanet_from_torchvision({"backbone.body.conv1.weight": torch.zeros(1)})
 
 
 def test_describe_and_parameter_counts():
     model = small()
-    text = model.describe((128, 192))
+    text = describe(model, (128, 192))
     # ResNet-18's C3 has 128 channels at stride 8; class output A·K = 27; P7 of 128×192 is 1×2.
     assert "128 × 16 × 24" in text and "27 × 16 × 24" in text and "32 × 1 × 2" in text
     assert "3,456" in text  # P3 anchors: 16 · 24 · 9
-    counts = model.parameter_counts()
+    counts = parameter_counts(model)
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
     assert counts["class subnet"] == (32 * 32 * 9 + 32) + (32 * 27 * 9 + 27)  # one tower conv + output conv

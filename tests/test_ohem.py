@@ -14,10 +14,11 @@ from torchvision.ops import box_iou
 
 import fl_lab.ohem as ohem_module
 from fl_lab.boxes import BoxCoder, random_boxes
+from fl_lab.detection_loss import LOSS_FUNCTIONS
 from fl_lab.loss import BACKGROUND, IGNORE
-from fl_lab.ohem import ohem_loss, ohem_mask
 from fl_lab.matcher import assign_targets, pad_targets
-from fl_lab.model import LOSS_FUNCTIONS, RetinaNet
+from fl_lab.model import RetinaNet
+from fl_lab.ohem import ohem_loss, ohem_mask
 
 torch.set_grad_enabled(True)
 
@@ -307,7 +308,8 @@ def test_bad_shapes():
         ohem_mask(scores, boxes[..., :3], labels)
     with pytest.raises(ValueError, match=re.escape("(B, A) = (2, 5), got (2, 4)")):
         ohem_mask(scores, boxes, labels[:, :4])
-    with pytest.raises(ValueError, match=re.escape("scores must be a floating-point tensor (B, A), got torch.float32 (10,)")):
+    with pytest.raises(ValueError, match=re.escape("scores must be a floating-point tensor (B, A), "
+                                                   "got torch.float32 (10,)")):
         ohem_mask(scores.reshape(-1), boxes, labels)
     with pytest.raises(ValueError, match="labels must be an integer tensor"):
         ohem_mask(scores, boxes, labels.float())

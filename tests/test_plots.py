@@ -6,8 +6,10 @@ import torch
 from matplotlib.figure import Figure
 
 from fl_lab import plots
-from fl_lab.analysis import LossSetting, compare_losses, simulate_anchor_batch
+from fl_lab.analysis import LossSetting, compare_losses, count_assignments, simulate_anchor_batch
+from fl_lab.anchors import AnchorGenerator, level_names
 from fl_lab.loss import focal_loss_of_pt
+from fl_lab.matcher import assign_targets
 
 
 def assert_labelled(fig: Figure, n_axes: int):
@@ -24,7 +26,7 @@ def test_figure1_draws_one_curve_per_gamma():
     assert_labelled(fig, 1)
     lines = fig.axes[0].get_lines()
     assert len(lines) == len(gammas)
-    for line, gamma in zip(lines, gammas):
+    for line, gamma in zip(lines, gammas, strict=True):
         x, y = line.get_data()
         np.testing.assert_allclose(y, focal_loss_of_pt(torch.as_tensor(x), gamma).numpy())
         assert f"γ = {gamma:g}" in line.get_label()
@@ -35,8 +37,10 @@ def test_loss_explorer_figure(gamma, alpha):
     fig = plots.loss_explorer_figure(gamma, alpha)
     assert_labelled(fig, 2)
     ce, pos, neg = fig.axes[0].get_lines()
-    np.testing.assert_allclose(pos.get_data()[1], alpha * ce.get_data()[1] * (1 - pos.get_data()[0]) ** gamma)
-    np.testing.assert_allclose(neg.get_data()[1], (1 - alpha) * ce.get_data()[1] * (1 - neg.get_data()[0]) ** gamma)
+    for line, weight in ((ce, 1.0), (pos, alpha), (neg, 1 - alpha)):  # each against the paper's formula in p_t
+        p_t = np.asarray(line.get_data()[0], dtype=np.float64)
+        focusing = 1.0 if line is ce else (1 - p_t) ** gamma
+        np.testing.assert_allclose(line.get_data()[1], weight * focusing * -np.log(p_t), rtol=1e-6)
     assert f"γ = {gamma:g}" in fig.axes[0].get_title()
 
 
@@ -53,9 +57,6 @@ def test_imbalance_figure_shows_counts_and_shares():
 
 
 # ---------------------------------------------------------------- lesson 02: anchors
-from fl_lab.analysis import count_assignments  # noqa: E402
-from fl_lab.anchors import AnchorGenerator, level_names  # noqa: E402
-from fl_lab.matcher import assign_targets  # noqa: E402
 
 IMAGE = np.zeros((200, 160, 3), dtype=np.uint8)
 GT = torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 10.0, 140.0, 40.0]])
@@ -75,7 +76,7 @@ def test_pyramid_figure_has_a_panel_per_level():
     fig = plots.pyramid_figure(IMAGE, gen, locations_per_level=2)
     assert_labelled(fig, 5)
     counts = gen.num_anchors_per_level(IMAGE.shape[:2])
-    for ax, name, count in zip(fig.axes, level_names(gen), counts):
+    for ax, name, count in zip(fig.axes, level_names(gen), counts, strict=True):
         assert ax.get_title().startswith(name) and f"{count:,} anchors" in ax.get_title()
         assert sum(len(c.get_segments()) for c in ax.collections) == 2 * 9
 
@@ -99,7 +100,7 @@ def test_assignment_figures():
     fig = plots.assignment_figure(IMAGE, anchors, levels, labels, GT, names=level_names(gen))
     assert_labelled(fig, 5)
     counts = count_assignments(labels, levels, 5)
-    for ax, (fg, ign, bg) in zip(fig.axes, counts.tolist()):
+    for ax, (fg, ign, bg) in zip(fig.axes, counts.tolist(), strict=True):
         assert f"{bg:,} background" in ax.get_title()
         texts = [t.get_text() for t in ax.get_legend().get_texts()]
         assert f"foreground ({fg})" in texts and f"ignored ({ign})" in texts
@@ -128,7 +129,8 @@ def test_dataset_figure_draws_each_box_in_its_class_colour():
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes[:3])
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["circle", "square"]
     outlines = [seg for coll in fig.axes[0].collections for seg in coll.get_segments()]
-    assert sorted(tuple(np.asarray(s).min(0)) + tuple(np.asarray(s).max(0)) for s in outlines) == [(1, 2, 10, 20), (5, 5, 30, 30)]
+    assert sorted(tuple(np.asarray(s).min(0)) + tuple(np.asarray(s).max(0))
+                  for s in outlines) == [(1, 2, 10, 20), (5, 5, 30, 30)]
     assert fig._suptitle.get_text()
     fig.canvas.draw()
 
@@ -146,12 +148,15 @@ def test_training_curves_figure_marks_a_diverged_run():
 
 
 def test_training_log_figure():
-    rows = [{"step": i, "lr": 0.01 * (0.1 if i > 6 else 1), "cls": 1.0 / (i + 1), "box": 0.5, "total": 1.0 / (i + 1) + 0.5}
+    rows = [{"step": i, "lr": 0.01 * (0.1 if i > 6 else 1), "cls": 1.0 / (i + 1), "box": 0.5,
+             "total": 1.0 / (i + 1) + 0.5}
             for i in range(10)] + [{"replicas": 2, "replicas_identical": True}]
     fig = plots.training_log_figure(rows)
     assert_labelled(fig, 2)
     losses, lr = fig.axes
-    assert [line.get_label() for line in losses.get_lines()] == ["classification (focal) loss", "box regression loss", "total"]
+    assert [line.get_label() for line in losses.get_lines()] == [
+        "classification (focal) loss", "box regression loss", "total"
+    ]
     np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), [r["lr"] for r in rows[:10]])
 
 
@@ -194,7 +199,7 @@ def test_gradient_figure_draws_appendix_bs_derivative():
     assert_labelled(fig, 1)
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3 and "CE" in lines[0].get_label()
-    for line, gamma in zip(lines, (0, 2, 5)):
+    for line, gamma in zip(lines, (0, 2, 5), strict=True):
         x, y = (np.asarray(v, dtype=float) for v in line.get_data())
         np.testing.assert_allclose(y, _appendix_b(x, gamma), atol=1e-12)
 
@@ -204,7 +209,10 @@ def test_focal_star_figure_draws_fl_star_beside_fl_and_ce():
     assert_labelled(fig, 1)
     ce, fl, star21, star40 = fig.axes[0].get_lines()
     x = np.asarray(ce.get_data()[0], dtype=float)
-    softplus = lambda z: np.logaddexp(0, z)  # noqa: E731  -log σ(z) = softplus(-z)
+
+    def softplus(z):  # -log σ(z) = softplus(-z)
+        return np.logaddexp(0, z)
+
     np.testing.assert_allclose(np.asarray(ce.get_data()[1], dtype=float), softplus(-x), atol=1e-12)
     np.testing.assert_allclose(np.asarray(star21.get_data()[1], dtype=float), softplus(-(2 * x + 1)) / 2, atol=1e-12)
     np.testing.assert_allclose(np.asarray(star40.get_data()[1], dtype=float), softplus(-4 * x) / 4, atol=1e-12)

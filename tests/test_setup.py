@@ -13,7 +13,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from fl_lab.config import fast_mode
+from fl_lab.fast_mode import fast_mode
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,7 +13,8 @@ from fl_lab.data.shapes import SHAPES, Shapes
 
 
 def same(a, b):
-    return torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"]) and torch.equal(a[1]["labels"], b[1]["labels"])
+    return (torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+            and torch.equal(a[1]["labels"], b[1]["labels"]))
 
 
 def extent(mask):
@@ -47,7 +48,8 @@ def test_item_layout_types_and_ranges():
 
 
 def test_object_counts_stay_between_min_and_max():
-    counts = [len(Shapes(40, image_size=64, min_objects=3, max_objects=7, min_size=8)[i][1]["labels"]) for i in range(40)]
+    counts = [len(Shapes(40, image_size=64, min_objects=3, max_objects=7, min_size=8)[i][1]["labels"])
+              for i in range(40)]
     assert min(counts) >= 3 and max(counts) <= 7 and len(set(counts)) >= 3
     image, target = Shapes(1, image_size=64, min_objects=0, max_objects=0)[0]
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
@@ -89,8 +91,9 @@ def test_every_object_has_an_anchor_with_iou_at_least_one_half(size, objects):
     # The paper's anchors (P3-P7, 32-813 px) against the default object sizes: every object gets a
     # foreground anchor under the paper's 0.5 rule. Best IoU computed here by brute force over
     # the anchors, independently of fl_lab.analysis.anchor_coverage.
-    from fl_lab.anchors import AnchorGenerator
     from torchvision.ops import box_iou
+
+    from fl_lab.anchors import AnchorGenerator
 
     ds = Shapes(150, image_size=size, max_objects=objects, seed=5)
     anchors = AnchorGenerator().gen(ds.image_size, dtype=torch.float64)
@@ -107,7 +110,8 @@ def test_objects_below_the_smallest_anchor_lose_their_foreground_anchor():
 
 
 def test_empty_fraction_draws_images_without_objects():
-    counts = torch.tensor([len(t["labels"]) for _, t in Shapes(300, image_size=64, max_objects=1, empty_fraction=5 / 6)])
+    counts = torch.tensor([len(t["labels"])
+                           for _, t in Shapes(300, image_size=64, max_objects=1, empty_fraction=5 / 6)])
     empty = float((counts == 0).float().mean())
     assert abs(empty - 5 / 6) < 4 * (5 / 36 / 300) ** 0.5, empty  # within 4 binomial standard deviations
     assert all(len(t["labels"]) == 0 for _, t in Shapes(20, image_size=64, empty_fraction=1.0))
@@ -182,7 +186,8 @@ def test_to_coco_writes_pngs_and_a_loadable_json(tmp_path):
     assert len(coco.getImgIds()) == 4 and len(coco.getCatIds()) == 3
     assert len(coco.getAnnIds()) == sum(len(ds[i][1]["labels"]) for i in range(4))
     ann = load_coco_annotations(path)  # and fl_lab's reader gives back the very same targets
-    assert all(torch.equal(ann.boxes[i], ds[i][1]["boxes"]) and torch.equal(ann.labels[i], ds[i][1]["labels"]) for i in range(4))
+    assert all(torch.equal(ann.boxes[i], ds[i][1]["boxes"]) and torch.equal(ann.labels[i], ds[i][1]["labels"])
+               for i in range(4))
     # ... and so does the COCO dataset: the same items, pixels within PNG quantisation.
     coco_ds = CocoDataset(tmp_path / "out" / "images", path)
     assert coco_ds.class_names == ds.class_names and len(coco_ds) == 4
@@ -194,7 +199,8 @@ def test_to_coco_writes_pngs_and_a_loadable_json(tmp_path):
 
 def test_shuffled_dataloader_gives_the_indexed_items():
     ds = Shapes(7, image_size=64)
-    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=0, collate_fn=list, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=0, collate_fn=list,
+                        generator=torch.Generator().manual_seed(0))
     items = [item for batch in loader for item in batch]
     order = [target["image_id"] for _, target in items]
     assert sorted(order) == list(range(7)) and order != list(range(7))
@@ -209,7 +215,9 @@ def test_indexing_stops_and_wraps_like_a_sequence():
 
 
 def test_transform_is_applied_last():
-    flip = lambda image, target: (image.flip(-1), {**target, "boxes": target["boxes"] * 0})  # noqa: E731
+    def flip(image, target):
+        return image.flip(-1), {**target, "boxes": target["boxes"] * 0}
+
     plain, flipped = Shapes(2, image_size=64)[1], Shapes(2, image_size=64, transform=flip)[1]
     assert torch.equal(flipped[0], plain[0].flip(-1)) and not flipped[1]["boxes"].any()
 

@@ -2,21 +2,27 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from fl_lab import study
 from fl_lab.ablations import table1_base, table1_grid
 from fl_lab.analysis import FAILS, HOLDS
-from fl_lab.experiment import RunRecord
+from fl_lab.experiment import ArmResult, RunRecord
 from fl_lab.train import PRESETS, Config
 
 
-def test_the_base_is_the_lesson_regime_and_table1s_cpu_grid():
-    base = Config(**study.STUDY_BASE)
-    assert base == dataclasses.replace(table1_base(gpu=False), out=base.out)
-    assert all(getattr(base, k) == v for k, v in PRESETS["cpu-fast"].items() if k not in ("checkpoint_every", "out"))
-    assert base.min_object_size == 32 and base.max_objects == 1 and base.normalize == "ema"
+def test_the_base_is_the_regime_its_committed_results_were_measured_in():
+    # results/fl_vs_ce was trained in exactly this regime: a change here would silently disown it
+    measured = dict(dataset="shapes", image_size=128, train_images=4000, val_images=200, num_classes=5, min_objects=1,
+                    max_objects=1, empty_fraction=0.0, min_object_size=32.0, backbone="resnet18", fpn_channels=64,
+                    head_convs=2, head_norm="gn", backbone_weights=None, prior=0.01, loss_fn="focal", gamma=2.0,
+                    alpha=None, box_loss="l1", normalize="ema", steps=500, batch_size=8, lr=0.02, warmup=50,
+                    momentum=0.9, weight_decay=1e-4, amp="none", seed=0, log_every=10, checkpoint_every=0)
+    assert {k: study.STUDY_BASE[k] for k in measured} == measured
+    saved = json.loads((Path(__file__).resolve().parents[1] / "results/fl_vs_ce/study.json").read_text())["base"]
+    assert {k: saved[k] for k in measured} == measured
 
 
 def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
@@ -52,7 +58,7 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     # the imbalance sweep again from pretrained weights: the same data, one change; folders named by the weights file
     pretrained = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.PRETRAINED]
     assert len(pretrained) == len(imbalance) >= 3
-    for scratch, warm in zip(imbalance, pretrained):
+    for scratch, warm in zip(imbalance, pretrained, strict=True):
         assert scratch.backbone_weights is None
         assert warm == dataclasses.replace(scratch, backbone_weights=study.PRETRAINED_WEIGHTS, out=warm.out)
     assert pretrained[1].out == str(tmp_path / "backbone_weights=resnet18_shapes" / "FL_γ=2_α=0.25")
@@ -75,9 +81,11 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
 
 
 def fake(row, aps_by_arm, imbalance=90.0):
-    runs = {arm: [RunRecord({"seed": s, "steps": 500}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
-                  for s, a in enumerate(aps)] for arm, aps in aps_by_arm.items()}
-    return study.RowResult(row, runs, imbalance)
+    arms = {arm: ArmResult(study.ARMS[arm],
+                           [RunRecord({"seed": s, "steps": 500}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
+                            for s, a in enumerate(aps)])
+            for arm, aps in aps_by_arm.items()}
+    return study.RowResult(row, arms, imbalance)
 
 
 def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
@@ -85,8 +93,10 @@ def test_gap_claims_take_the_best_alpha_ce_and_each_loss_at_its_best_lr():
     results = [
         fake(ref, {study.FL: [0.30, 0.31, 0.32], "FL γ=2 α=0.5": [0.33, 0.34, 0.32], "α-CE α=0.5": [0.20, 0.21, 0.19],
                    study.BEST_CE: [0.25, 0.26, 0.24]}),
-        fake(study.Row(study.LR, "lr 0.01", {"lr": 0.01}), {study.FL: [0.1, 0.1, 0.11], study.BEST_CE: [0.4, 0.41, 0.4]}),
-        fake(study.Row(study.LR, "lr 0.05", {"lr": 0.05}), {study.FL: [0.5, 0.51, 0.5], study.BEST_CE: [0.2, 0.1, 0.3]}),
+        fake(study.Row(study.LR, "lr 0.01", {"lr": 0.01}),
+             {study.FL: [0.1, 0.1, 0.11], study.BEST_CE: [0.4, 0.41, 0.4]}),
+        fake(study.Row(study.LR, "lr 0.05", {"lr": 0.05}),
+             {study.FL: [0.5, 0.51, 0.5], study.BEST_CE: [0.2, 0.1, 0.3]}),
     ]
     assert (results[0].best("balanced_ce"), results[0].best("focal")) == (study.BEST_CE, "FL γ=2 α=0.5")
     claims = study.gap_claims(results)
@@ -125,24 +135,27 @@ def test_a_tiny_study_runs_reads_back_and_writes_its_results(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "sparse" in printed and "FL γ=2 α=0.25 beats α-CE α=0.75" in printed
     saved = json.loads((tmp_path / "res" / "study.json").read_text())
-    assert [r["label"] for r in saved["rows"]] == [study.ONE_OBJECT, "1 object", "sparse", "3 iterations", study.ONE_OBJECT]
-    assert saved["rows"][4]["arms"][study.FL][0]["config"]["backbone_weights"] == str(weights)
+    assert [r["label"] for r in saved["rows"]] == [study.ONE_OBJECT, "1 object", "sparse", "3 iterations",
+                                                   study.ONE_OBJECT]
+    arms = [{a["name"]: a["runs"] for a in r["arms"]} for r in saved["rows"]]
+    assert arms[4][study.FL][0]["config"]["backbone_weights"] == str(weights)
     assert saved["pretrained"][str(weights)]["steps"] == 2  # how the backbone was made, kept with the results
     assert saved["pretrained"][str(weights)]["dense_weight"] == 0.0  # the earlier recipe, as committed
     assert f"pretrained backbone {weights}: resnet18, 2 iterations of 4 Shapes crops at 64 px (seed 0)" in printed
     assert saved["rows"][2]["imbalance"] > saved["rows"][1]["imbalance"]  # empty images: more negatives per positive
-    arm = saved["rows"][1]["arms"][study.FL]
+    arm = arms[1][study.FL]
     assert [run["config"]["seed"] for run in arm] == [0, 1] and arm[0]["config"]["steps"] == 2
     # the claims written are those judged again from the written runs (2 steps: mostly nothing detected yet)
     assert saved["claims"] == [dataclasses.asdict(c) for c in study.gap_claims(study.load_results(tmp_path / "res" /
                                                                                                  "study.json"))]
     figure4 = json.loads((tmp_path / "res" / "figure4.json").read_text())  # Figure 4 of each FL seed's model
     assert [s["seed"] for s in figure4["seeds"]] == [0, 1] and figure4["images"] == 6
-    assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives") for g in (0, 0.5, 1, 2)}
+    assert set(figure4["seeds"][0]["shares"]) == {f"{k} γ={g}" for k in ("positives", "negatives")
+                                                  for g in (0, 0.5, 1, 2)}
     assert len(figure4["seeds"][0]["claims"]) == 4 and "hardest samples" in printed
     figure4 = json.loads((tmp_path / "res" / "figure4_pretrained.json").read_text())  # and the fine-tuned models'
     assert [s["seed"] for s in figure4["seeds"]] == [0, 1, 2]  # that row's own seeds
-    assert [run["config"]["seed"] for run in saved["rows"][4]["arms"][study.FL]] == [0, 1, 2]
+    assert [run["config"]["seed"] for run in arms[4][study.FL]] == [0, 1, 2]
     assert study.load_pretrained(tmp_path / "res" / "study.json") == saved["pretrained"]
     for name in ("gap_vs_imbalance.png", "gap_vs_schedule.png", "gap_vs_imbalance_pretrained.png", "study.txt",
                  "figure4.txt", "figure4_pretrained.txt"):

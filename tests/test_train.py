@@ -13,9 +13,24 @@ import pytest
 import torch
 
 from fl_lab.data import Shapes, collate
+from fl_lab.evaluate import evaluate
 from fl_lab.model import RetinaNet
-from fl_lab.train import (PRESETS, Config, Diverged, TrainSettings, build_model, config_from_args, datasets,
-                          load_checkpoint, load_run, lr_multiplier, main, read_log, run, train)
+from fl_lab.train import (
+    PRESETS,
+    Config,
+    Diverged,
+    TrainSettings,
+    build_model,
+    config_from_args,
+    datasets,
+    load_checkpoint,
+    load_run,
+    lr_multiplier,
+    main,
+    read_log,
+    run,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +87,10 @@ def test_resume_continues_exactly(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert all(torch.equal(x["momentum_buffer"], y["momentum_buffer"])
-               for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()))
+               for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True))
     drop = ("images_per_s",)
-    rows = lambda path: [{k: v for k, v in r.items() if k not in drop} for r in read_log(path)]  # noqa: E731
-    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_log(tmp_path / run)] for run in "ab"]
+    assert rows[0] == rows[1]
     assert not list(tmp_path.glob("*/*.tmp"))  # atomic writes leave no temporary files
 
 
@@ -118,7 +133,8 @@ class Arbitrary:
 
 def test_checkpoints_load_weights_only(tmp_path):
     torch.save({"model": {}, "payload": Arbitrary()}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="x.pt holds Python objects besides tensors"):  # the weights_only refusal, named
+    with pytest.raises(ValueError,
+                       match="x.pt holds Python objects besides tensors"):  # the weights_only refusal, named
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
@@ -133,8 +149,11 @@ def test_load_run_rebuilds_the_trained_model(tmp_path):
     images = torch.rand(2, 3, 128, 128)  # two images: GroupNorm of a 1×1 P7 needs more than one value
     with torch.no_grad():
         assert torch.equal(model(images).cls_logits, trained(images).cls_logits)
+    with pytest.raises(ValueError, match="config.json not found"):  # the configuration is read from config.json
+        load_run(tmp_path)
+    (tmp_path / "config.json").write_text((tmp_path / "run" / "config.json").read_text())
     torch.save({"model": {}, "optimizer": {}, "step": 0, "extra": {}}, tmp_path / "last.pt")
-    with pytest.raises(ValueError, match="no run configuration"):
+    with pytest.raises(ValueError, match="does not say its number of classes"):
         load_run(tmp_path)
 
 
@@ -219,7 +238,7 @@ def test_cli_trains_on_coco_and_voc_folders(tmp_path):
         out = tmp_path / f"run_{argv[1]}"
         assert main(argv + small + ["--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
-        assert 0.0 <= metrics["AP"] <= 1.0 and metrics.keys() >= {"AP50", "AP75"}
+        assert_scored_from_its_checkpoint(out, metrics)
         model, config = load_run(out)
         assert model.num_classes == num_classes and config.data_root == str(argv[-1])
 
@@ -228,12 +247,21 @@ def test_cli_runs_and_evaluates(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "fl_lab.train", "--image-size", "64", "--train-images", "8",
                              "--val-images", "2", "--backbone", "resnet18", "--fpn-channels", "16", "--head-convs", "1",
-                             "--batch-size", "4", "--steps", "2", "--workers", "0", "--out", str(out), "--device", "cpu"],
+                             "--batch-size", "4", "--steps", "2", "--workers", "0", "--out", str(out),
+                             "--device", "cpu"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert "AP50" in result.stdout and json.loads((out / "config.json").read_text())["steps"] == 2
+    assert_scored_from_its_checkpoint(out, metrics)
+
+
+def assert_scored_from_its_checkpoint(out: Path, metrics: dict) -> None:
+    """The AP a run wrote is the AP of the model its checkpoint holds, on its validation set, scored anew."""
+    model, config = load_run(out)
+    _, val_set = datasets(config)
+    assert json.dumps(evaluate(model, val_set, progress=False)) == json.dumps(metrics)  # (nan where no object)
 
 
 def test_ddp_on_cpu_keeps_replicas_identical(tmp_path):
@@ -295,12 +323,15 @@ def test_anchor_density_is_configurable_for_table_1c():
     from fl_lab.train.runner import anchor_generator
 
     default = anchor_generator(Config())
-    assert default.scales == pytest.approx((1.0, 2 ** (1 / 3), 2 ** (2 / 3))) and default.aspect_ratios == (0.5, 1.0, 2.0)
-    sparse = build_model(Config(anchor_scales=2, anchor_ratios=1, backbone="resnet18", fpn_channels=32, head_convs=1), 3)
-    assert sparse.anchor_generator.scales == pytest.approx((1.0, 2 ** 0.5)) and sparse.anchor_generator.aspect_ratios == (1.0,)
+    assert (default.scales == pytest.approx((1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
+            and default.aspect_ratios == (0.5, 1.0, 2.0))
+    sparse = build_model(Config(anchor_scales=2, anchor_ratios=1, backbone="resnet18", fpn_channels=32,
+                                head_convs=1), 3)
+    assert (sparse.anchor_generator.scales == pytest.approx((1.0, 2 ** 0.5))
+            and sparse.anchor_generator.aspect_ratios == (1.0,))
     out = sparse(torch.zeros(1, 3, 128, 128))
     assert out.cls_logits.shape[1] == out.anchors.shape[0] == 2 * (16 ** 2 + 8 ** 2 + 4 ** 2 + 2 ** 2 + 1)  # P3-P7
     with pytest.raises(SystemExit):
         config_from_args(["--anchor-ratios", "2"])
-    with pytest.raises(ValueError, match="anchor_scales"):
+    with pytest.raises(ValueError, match="--anchor-scales must be an integer >= 1, got 0"):
         anchor_generator(Config(anchor_scales=0))

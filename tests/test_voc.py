@@ -19,13 +19,14 @@ STANDARD = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat
 
 def obj(name, box, difficult=None, extra=""):
     flag = "" if difficult is None else f"<difficult>{difficult}</difficult>"
-    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
     return f"<object><name>{name}</name><pose>Left</pose>{flag}<bndbox>{coords}</bndbox>{extra}</object>"
 
 
 PART = obj("hand", (3, 3, 4, 4)).replace("object>", "part>")  # person layout: must not count as an object
 XML = {
-    "2008_000001": [obj("dog", (1, 2, 10, 12), 0), obj("person", (5, 6, 30, 20), 1, PART), obj("aeroplane", (3, 3, 3, 4))],
+    "2008_000001": [obj("dog", (1, 2, 10, 12), 0), obj("person", (5, 6, 30, 20), 1, PART),
+                    obj("aeroplane", (3, 3, 3, 4))],
     "2008_000002": [],
 }
 
@@ -37,7 +38,8 @@ def make_voc(tmp_path, xml=None):
     for name, objects in (xml or XML).items():
         write_jpeg(torch.full((3, 20, 30), 128, dtype=torch.uint8), str(base / "JPEGImages" / f"{name}.jpg"))
         size = "<size><width>30</width><height>20</height><depth>3</depth></size>"
-        body = objects if isinstance(objects, str) else f"<annotation><filename>{name}.jpg</filename>{size}{''.join(objects)}</annotation>"
+        body = (objects if isinstance(objects, str)
+                else f"<annotation><filename>{name}.jpg</filename>{size}{''.join(objects)}</annotation>")
         (base / "Annotations" / f"{name}.xml").write_text(body)
     (base / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{n}\n" for n in (xml or XML)))
     return base
@@ -75,11 +77,13 @@ def test_ground_truth_marks_difficult_as_crowd(tmp_path):
     ]
     assert [c["name"] for c in gt["categories"]] == STANDARD and gt["categories"][0]["id"] == 1
     dog, person, plane = gt["annotations"]
-    assert dog == {"id": 1, "image_id": 0, "category_id": 12, "bbox": [0.0, 1.0, 10.0, 11.0], "area": 110.0, "iscrowd": 0}
+    assert dog == {"id": 1, "image_id": 0, "category_id": 12, "bbox": [0.0, 1.0, 10.0, 11.0], "area": 110.0,
+                   "iscrowd": 0}
     assert person["iscrowd"] == 1 and person["bbox"] == [4.0, 5.0, 26.0, 15.0] and plane["iscrowd"] == 0
 
     # Detecting the difficult person neither helps nor hurts: AP stays 1 for the others.
-    dets = [{"image_id": 0, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]
+    dets = [{"image_id": 0, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -101,7 +105,8 @@ def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"image set list not found: .*ImageSets/Main/val\.txt"):
         VOCDataset(tmp_path, image_set="val")
     (base / "JPEGImages" / "2008_000002.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 file\(s\) listed in train\.txt not found, first: .*2008_000002\.jpg"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 file\(s\) listed in train\.txt not found, first: .*2008_000002\.jpg"):
         VOCDataset(tmp_path)
 
 

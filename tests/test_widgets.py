@@ -97,7 +97,8 @@ def test_cdf_explorer_redraws_the_chosen_gamma_and_sorts_each_curve_once(monkeyp
     drawn, sorted_sizes = [], []
     real_figure, real_cumulative = plots.cdf_figure, analysis.cumulative_loss
     monkeypatch.setattr(plots, "cdf_figure", lambda r, gammas: drawn.append(gammas) or real_figure(r, gammas=gammas))
-    monkeypatch.setattr(analysis.cdf, "cumulative_loss", lambda l: sorted_sizes.append(l.numel()) or real_cumulative(l))
+    monkeypatch.setattr(analysis.cdf, "cumulative_loss",
+                        lambda losses: sorted_sizes.append(losses.numel()) or real_cumulative(losses))
     slider, output = widgets.cdf_explorer(result, gamma=2.0).children
     assert isinstance(output, W.Output) and not slider.continuous_update and (slider.min, slider.max) == (0.0, 5.0)
     assert drawn == [(0.0, 2.0)]

@@ -72,7 +72,8 @@ def _client(nb: nbformat.NotebookNode, folder: Path):
     def timeout(cell: nbformat.NotebookNode) -> int:
         return 15 if "widgets." in cell.source else 1200
 
-    return NotebookClient(nb, timeout_func=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+    return NotebookClient(nb, timeout_func=timeout, kernel_name="python3",
+                          resources={"metadata": {"path": str(folder)}})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,14 +18,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.cbook  # noqa: E402
-import matplotlib.image  # noqa: E402
+import matplotlib.cbook
+import matplotlib.image
 
-from fl_lab import plots  # noqa: E402
-from fl_lab.analysis import loss_cdf  # noqa: E402
-from fl_lab.anchors import AnchorGenerator  # noqa: E402
-from fl_lab.evaluate import predict  # noqa: E402
-from fl_lab.train import PRESETS, Config, datasets, load_run, run  # noqa: E402
+from fl_lab import plots
+from fl_lab.analysis import loss_cdf
+from fl_lab.anchors import AnchorGenerator
+from fl_lab.evaluate import predict
+from fl_lab.train import PRESETS, Config, datasets, load_run, run
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     detections = predict(model, examples, batch_size=8, progress=False)
     save(plots.detections_figure([im for im, _ in examples], detections, val_set.class_names, score_thresh=0.3,
                                  targets=[t for _, t in examples],
-                                 title=f"RetinaNet ({config.backbone}, {config.steps} iterations) on validation images"),
+                                 title=f"RetinaNet ({config.backbone}, {config.steps} iterations) "
+                                       "on validation images"),
          "readme_detections.png")
     _, fresh = datasets(dataclasses.replace(config, val_images=200, seed=config.seed + 1))
     result = loss_cdf(model, fresh, gammas=(0, 0.5, 1, 2), max_negatives=1_000_000, batch_size=8, progress=False)

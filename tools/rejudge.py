@@ -45,7 +45,7 @@ def rejudge(path: Path, make_claims) -> list[str]:
     path.write_text(json.dumps(payload, indent=2))
     text_file = path.with_suffix(".txt")
     lines = text_file.read_text().splitlines()
-    new = dict(zip((c.text for c in claims), format_claims(claims).splitlines()))
+    new = dict(zip((c.text for c in claims), format_claims(claims).splitlines(), strict=True))
 
     def replaced(line: str) -> str:  # a claim's line is its text, ": ", then a verdict
         for text, claim_line in new.items():

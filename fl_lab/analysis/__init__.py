@@ -9,12 +9,43 @@ the loss CDF of Figure 4, and whether results bear out a claim.
 * :mod:`.claims` — the paper's findings as claims; seeded results judged against their noise.
 """
 
-from .cdf import CDF_KINDS, HARDEST_FRACTIONS, LossCDF, Reservoir, cumulative_loss, hardest_share, loss_cdf, paper_findings
-from .claims import (FAILS, HOLDS, NOT_TESTED, VERDICTS, WITHIN_NOISE, Claim, PairedDifference, SeedStats,
-                     compare_seeds, format_claims, paired_difference, t_critical)
+from .cdf import (
+                     CDF_KINDS,
+                     HARDEST_FRACTIONS,
+                     LossCDF,
+                     Reservoir,
+                     cumulative_loss,
+                     hardest_share,
+                     loss_cdf,
+                     paper_findings,
+)
+from .claims import (
+                     FAILS,
+                     HOLDS,
+                     NOT_TESTED,
+                     VERDICTS,
+                     WITHIN_NOISE,
+                     Claim,
+                     PairedDifference,
+                     SeedStats,
+                     compare_seeds,
+                     format_claims,
+                     paired_difference,
+                     t_critical,
+)
 from .coverage import AnchorCoverage, anchor_coverage
-from .shares import (ASSIGNMENT_KINDS, GROUPS, PRIOR_LOGIT, GroupLoss, LossSetting, compare_losses, count_assignments,
-                     format_shares, loss_shares, simulate_anchor_batch)
+from .shares import (
+                     ASSIGNMENT_KINDS,
+                     GROUPS,
+                     PRIOR_LOGIT,
+                     GroupLoss,
+                     LossSetting,
+                     compare_losses,
+                     count_assignments,
+                     format_shares,
+                     loss_shares,
+                     simulate_anchor_batch,
+)
 
 __all__ = [
     "ASSIGNMENT_KINDS", "CDF_KINDS", "FAILS", "GROUPS", "HARDEST_FRACTIONS", "HOLDS", "NOT_TESTED", "PRIOR_LOGIT",

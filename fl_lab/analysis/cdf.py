@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import collate
 from ..loss import BACKGROUND, focal_loss
+from ..torch_utils import eval_mode
 from .claims import Claim
 
 __all__ = ["CDF_KINDS", "HARDEST_FRACTIONS", "LossCDF", "Reservoir", "cumulative_loss", "hardest_share", "loss_cdf",
@@ -182,14 +183,13 @@ def loss_cdf(
     """
     if max_negatives < 1 or max_positives < 1 or batch_size < 1:
         raise ValueError(
-            f"max_negatives, max_positives and batch_size must be >= 1, got {max_negatives}, {max_positives}, {batch_size}"
+            "max_negatives, max_positives and batch_size must be >= 1, "
+            f"got {max_negatives}, {max_positives}, {batch_size}"
         )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     positives, negatives = Reservoir(max_positives, seed), Reservoir(max_negatives, seed + 1)
-    was_training = model.training
-    model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    try:
+    with eval_mode(model, device):
         for batch in tqdm(loader, desc="loss CDF", disable=not progress, mininterval=2):
             batch = batch.to(device)
             output = model(batch.images)
@@ -198,8 +198,6 @@ def loss_cdf(
             foreground = labels >= 0
             positives.add(logits[foreground].gather(1, labels[foreground].unsqueeze(1)))  # x_t = x
             negatives.add(-logits[labels == BACKGROUND])  # x_t = -x for every class
-    finally:
-        model.train(was_training)
     return LossCDF(positives.values, negatives.values, tuple(float(g) for g in gammas),
                    positives.seen, negatives.seen, len(dataset))
 

@@ -15,8 +15,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
-__all__ = ["FAILS", "FLOOR", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "PairedDifference", "SeedStats",
-           "compare_seeds", "format_claims", "paired_difference", "t_critical"]
+__all__ = ["FAILS", "FLOOR", "HOLDS", "NOT_TESTED", "VERDICTS", "WITHIN_NOISE", "Claim", "PairedDifference",
+           "SeedStats", "compare_seeds", "format_claims", "paired_difference", "t_critical"]
 
 HOLDS, FAILS, WITHIN_NOISE, NOT_TESTED = "holds", "does NOT hold", "within noise", "not tested"
 VERDICTS = (HOLDS, FAILS, WITHIN_NOISE, NOT_TESTED)
@@ -115,7 +115,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     the seed's data, weights and validation set cancel out of each difference."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"paired values need the same number of seeds, at least 2, got {len(a)} and {len(b)}")
-    d = SeedStats(tuple(x - y for x, y in zip(a, b)))
+    d = SeedStats(tuple(x - y for x, y in zip(a, b, strict=True)))
     half = t_critical(d.n - 1) * d.sem
     return PairedDifference(d.values, d.mean, d.sem, d.mean - half, d.mean + half)
 

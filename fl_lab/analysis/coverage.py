@@ -88,12 +88,16 @@ class AnchorCoverage:
 
     def summary(self) -> str:
         """A few lines a lesson prints."""
-        per_image = lambda t: float(t.double().mean())  # noqa: E731
+
+        def per_image(t: Tensor) -> float:
+            return float(t.double().mean())
+
         return "\n".join([
             f"{self.num_images} images, {self.num_objects} objects ({self.num_objects / max(self.num_images, 1):.1f} "
             f"per image), {self.anchors_per_image:,.0f} anchors per image",
             f"objects whose best anchor has IoU < {self.fg_iou:g}: {self.unmatched_share:.1%} "
-            f"(< {self.bg_iou:g}, so every anchor on them is background by the paper's rule: {self.background_share:.1%})",
+            f"(< {self.bg_iou:g}, so every anchor on them is background by the paper's rule: "
+            f"{self.background_share:.1%})",
             f"anchors per image: {per_image(self.positives):.1f} positive, {per_image(self.ignored):.1f} ignored, "
             f"{per_image(self.negatives):,.0f} negative",
             f"negatives per positive: {self.imbalance:,.0f} : 1 anchors "

@@ -140,9 +140,13 @@ def compare_losses(
 
 
 def format_shares(results: dict[str, dict[str, GroupLoss]]) -> str:
-    """A fixed-width text table of :func:`compare_losses` results, one row per loss."""
+    """A fixed-width text table of :func:`compare_losses` results: how many anchors each group holds,
+    then one row per loss with each group's share of the total."""
     header = f"{'loss':<28}" + "".join(f"{g:>16}" for g in GROUPS) + f"{'total loss':>13}"
-    lines = [header, "-" * len(header)]
+    counts = next(iter(results.values()))
+    lines = [header, "-" * len(header),
+             f"{'anchors':<28}" + "".join(f"{counts[g].count:>16,}" for g in GROUPS)
+             + f"{sum(counts[g].count for g in GROUPS):>13,}"]
     for name, groups in results.items():
         total = sum(g.loss for g in groups.values())
         lines.append(

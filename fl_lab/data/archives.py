@@ -136,7 +136,8 @@ def fetch(resource: Resource, root: Union[str, Path], progress: bool = True) -> 
         _reject(part, f"{resource.filename} has {have} bytes, expected {expected}")
     if resource.md5 is not None and (actual := _digest(part, "md5")) != resource.md5:
         _reject(part, f"{resource.filename}: MD5 {actual} does not match the published {resource.md5}")
-    if resource.sha256_prefix is not None and not (actual := _digest(part, "sha256")).startswith(resource.sha256_prefix):
+    if (resource.sha256_prefix is not None
+            and not (actual := _digest(part, "sha256")).startswith(resource.sha256_prefix)):
         _reject(part, f"{resource.filename}: SHA-256 {actual[:16]}… does not start with {resource.sha256_prefix}")
     if resource.filename.endswith(".zip"):
         try:

@@ -71,7 +71,8 @@ def _read_coco(path: Path, drop_degenerate: bool) -> tuple[dict, CocoAnnotations
         images = {int(im["id"]): im for im in data["images"]}
         categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: every image needs an 'id' and every category an 'id' and a 'name' ({err!r})") from None
+        raise ValueError(f"{path}: every image needs an 'id' "
+                         f"and every category an 'id' and a 'name' ({err!r})") from None
     for what, ids in (("image", [int(im["id"]) for im in data["images"]]), ("category", [c for c, _ in categories])):
         repeated = [i for i, n in Counter(ids).items() if n > 1]
         if repeated:
@@ -116,7 +117,7 @@ def _read_coco(path: Path, drop_degenerate: bool) -> tuple[dict, CocoAnnotations
         category_ids=[cid for cid, _ in categories],
         category_names=[name for _, name in categories],
         boxes={i: torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for i, b in boxes.items()},
-        labels={i: torch.tensor(l, dtype=torch.long) for i, l in labels.items()},
+        labels={i: torch.tensor(ids, dtype=torch.long) for i, ids in labels.items()},
     )
     return data, annotations, dropped
 
@@ -169,8 +170,9 @@ class CocoDataset(Dataset):
             if missing:
                 raise FileNotFoundError(f"{len(missing)} image(s) missing, the first: {missing[0]}")
         if self.num_dropped:
-            warnings.warn(f"{self.annotation_file}: {self.num_dropped} box(es) reached outside their image or were under "
-                          "1 px: clipped to the image, and left out where nothing of them remained")
+            warnings.warn(f"{self.annotation_file}: {self.num_dropped} box(es) reached outside their image "
+                          "or were under 1 px: clipped to the image, and left out where nothing of them remained",
+                          stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -33,7 +33,8 @@ class TrainSampler:
     def __init__(self, num_items: int, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0,
                  world_size: int = 1, flip: bool = True):
         if batch_size < 1 or num_items < batch_size:
-            raise ValueError(f"need 1 <= batch_size <= number of items, got batch_size {batch_size} for {num_items} items")
+            raise ValueError("need 1 <= batch_size <= number of items, "
+                             f"got batch_size {batch_size} for {num_items} items")
         if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} must split evenly over {world_size} replicas (rank {rank})")
         if start_step < 0:
@@ -46,7 +47,8 @@ class TrainSampler:
         """The epoch's item order (num_items,) and flip coins (num_items,) bool."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.num_items, generator=g)
-        flips = torch.rand(self.num_items, generator=g) < 0.5 if self.flip else torch.zeros(self.num_items, dtype=torch.bool)
+        flips = (torch.rand(self.num_items, generator=g) < 0.5 if self.flip
+                 else torch.zeros(self.num_items, dtype=torch.bool))
         return order, flips
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:

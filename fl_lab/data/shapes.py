@@ -241,7 +241,8 @@ class Shapes(Dataset):
             )
         if not 0 < min_size <= max_size:
             raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}"
-                             + (" (pass a smaller min_size for so small an image)" if min_size == MIN_MATCHABLE_SIZE else ""))
+                             + (" (pass a smaller min_size for so small an image)"
+                                if min_size == MIN_MATCHABLE_SIZE else ""))
         if not 0.0 <= empty_fraction <= 1.0:
             raise ValueError(f"empty_fraction must lie in [0, 1], got {empty_fraction}")
         self.num_images, self.image_size, self.seed = num_images, size, seed
@@ -310,14 +311,14 @@ class Shapes(Dataset):
                 area = int(mask.sum())
                 under = (owner[rows, cols] * mask).flatten()  # who owns the pixels this would cover
                 hidden = torch.bincount(under, minlength=len(boxes) + 1)[1:].tolist()
-                if area and all(2 * (v - h) >= f for v, h, f in zip(visible, hidden, full)):
+                if area and all(2 * (v - h) >= f for v, h, f in zip(visible, hidden, full, strict=True)):
                     break
             else:
                 continue  # no placement kept the earlier objects half visible: leave this one out
             colour = _contrasting_colour(g, image[:, rows, cols], mask, area)
             _paint(image, rows, cols, (0.5 - dist * pixels).clamp(0, 1), colour)
             owner[rows, cols].masked_fill_(mask, len(boxes) + 1)
-            visible = [v - h for v, h in zip(visible, hidden)] + [area]
+            visible = [v - h for v, h in zip(visible, hidden, strict=True)] + [area]
             full.append(area)
             ys, xs = torch.nonzero(mask.any(1))[:, 0].tolist(), torch.nonzero(mask.any(0))[:, 0].tolist()
             boxes.append([cols.start + xs[0], rows.start + ys[0], cols.start + xs[-1] + 1, rows.start + ys[-1] + 1])
@@ -338,7 +339,7 @@ class Shapes(Dataset):
         height, width = self.image_size
         annotations = []
         for target in targets:
-            for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist(), strict=True):
                 annotations.append({
                     "id": len(annotations) + 1,  # COCOeval treats annotation id 0 as "unmatched"
                     "image_id": target["image_id"],
@@ -352,7 +353,7 @@ class Shapes(Dataset):
                 {"id": i, "file_name": f"{i:06d}.png", "width": width, "height": height} for i in range(len(self))
             ],
             "annotations": annotations,
-            "categories": [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)],
+            "categories": [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names, strict=True)],
         }
 
     def coco_ground_truth(self) -> dict:

@@ -104,7 +104,7 @@ class VOCDataset(Dataset):
             self.records.append((size, clipped[keep], labels[keep], difficult[keep]))
         if self.num_dropped:
             warnings.warn(f"{root} ({image_set}): {self.num_dropped} box(es) reached outside their image (the first in "
-                          f"{first}): clipped to the image, and left out where nothing of them remained")
+                          f"{first}): clipped to the image, and left out where nothing of them remained", stacklevel=2)
         self.transform, self.keep_difficult = transform, keep_difficult
 
     def __len__(self) -> int:
@@ -124,7 +124,7 @@ class VOCDataset(Dataset):
         images, annotations = [], []
         for index, ((height, width), boxes, labels, difficult) in enumerate(self.records):
             images.append({"id": index, "file_name": self.image_paths[index].name, "width": width, "height": height})
-            for (x1, y1, x2, y2), label, hard in zip(boxes.tolist(), labels.tolist(), difficult.tolist()):
+            for (x1, y1, x2, y2), label, hard in zip(boxes.tolist(), labels.tolist(), difficult.tolist(), strict=True):
                 w, h = x2 - x1, y2 - y1
                 annotations.append(
                     {"id": len(annotations) + 1, "image_id": index, "category_id": label + 1,

@@ -21,7 +21,6 @@ from .prior import check_prior_bias
 from .training import check_normalised_loss
 from .two_stage import check_sample_counts
 
-
 __all__ = [
     "Feedback",
     "check_anchors_at",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..anchors import AnchorGenerator
 from ..matcher import Matcher
-from .checking import Feedback, _Case, _Exercise, _Trial, _check, _like, _tensor
+from .checking import Feedback, _Case, _check, _Exercise, _like, _tensor, _Trial
 
 __all__ = ["check_anchors_at", "check_match"]
 

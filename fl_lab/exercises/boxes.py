@@ -183,15 +183,15 @@ def _greedy(boxes: Tensor, scores: Tensor, labels: Tensor, thr: float, per_class
 
 
 _NMS_MISTAKES = (
-    (_like(lambda b, s, l, t: nms(b, s, t)),
+    (_like(lambda b, s, c, t: nms(b, s, t)),
      "NMS runs per class: a box only suppresses boxes of its *own* class (torchvision's batched_nms). Yours lets "
      "a cat suppress an overlapping dog."),
-    (_like(lambda b, s, l, t: _greedy(b, s, l, t, at_threshold=True)),
+    (_like(lambda b, s, c, t: _greedy(b, s, c, t, at_threshold=True)),
      "A box is suppressed when its IoU with a kept box is *greater than* the threshold; at exactly the threshold "
      "it stays (torchvision's rule). Use `>`, not `>=`."),
-    (_like(lambda b, s, l, t: _greedy(b, s, l, t, lowest_first=True)),
+    (_like(lambda b, s, c, t: _greedy(b, s, c, t, lowest_first=True)),
      "Visit the boxes from the *highest* score down: the best box of a cluster is the one kept."),
-    (_like(lambda b, s, l, t: _greedy(b, s, l, t, greedy=False)),
+    (_like(lambda b, s, c, t: _greedy(b, s, c, t, greedy=False)),
      "NMS is greedy: only boxes that are *kept* suppress others. A box suppressed by a better one must not "
      "suppress a third box in turn."),
 )

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..analysis import cumulative_loss
-from .checking import Feedback, _Case, _Exercise, _check, _like, _tensor
+from .checking import Feedback, _Case, _check, _Exercise, _like, _tensor
 
 __all__ = ["check_loss_cdf"]
 

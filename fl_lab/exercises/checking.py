@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..config import fast_mode
+from ..fast_mode import fast_mode
 
 __all__ = ["Feedback"]
 
@@ -71,7 +71,7 @@ def _fresh(args: tuple) -> tuple:
 def _close(a: Any, b: Any) -> bool:
     """Equal shapes and values (to float32 rounding), NaN equal to NaN; tuples compared item by item."""
     if isinstance(a, tuple):
-        return isinstance(b, tuple) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+        return isinstance(b, tuple) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-6, equal_nan=True)
 
 
@@ -84,7 +84,7 @@ def _finite(result: Any) -> bool:
 def _show(result: Any) -> str:
     """A short printout: the values of a small tensor, the shape of a big one (named parts named)."""
     if isinstance(result, tuple) and hasattr(result, "_fields"):
-        return ", ".join(f"{name} {_show(r)}" for name, r in zip(result._fields, result))
+        return ", ".join(f"{name} {_show(r)}" for name, r in zip(result._fields, result, strict=True))
     if isinstance(result, tuple):
         return "(" + ", ".join(_show(r) for r in result) + ")"
     if result.numel() > 12:
@@ -97,7 +97,7 @@ class _Trial:
 
     def __init__(self, exercise: _Exercise, got: list):
         self.exercise = exercise
-        self.got = dict(zip((c.name for c in exercise.cases), got))
+        self.got = dict(zip((c.name for c in exercise.cases), got, strict=True))
         self.expected = {c.name: exercise.run(exercise.reference, _fresh(c.args)) for c in exercise.cases}
         self.wrong = [name for name in self.got if not _close(self.got[name], self.expected[name])]
 
@@ -208,7 +208,8 @@ def _loss_and_gradients(out: Any, inputs: tuple[Tensor, ...], what: str) -> _Los
             f"Your {what} is not computed from the inputs: no gradient reaches them (a result rebuilt with "
             "`torch.tensor(...)` or `.requires_grad_()` starts a new graph)"
         )
-    return _LossAndGradients(loss.detach(), tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)))
+    return _LossAndGradients(loss.detach(), tuple(torch.zeros_like(x) if g is None else g
+                                                  for g, x in zip(grads, inputs, strict=True)))
 
 
 _CUT_FROM_GRAPH = (

@@ -10,8 +10,18 @@ from torch import Tensor
 
 from ..loss import focal_loss as _kit_focal_loss
 from .checking import (
-    Feedback, _CUT_FROM_GRAPH, _Case, _Exercise, _Invalid, _LossAndGradients, _check, _like,
-    _loss_and_gradients, _tensor, _values_right_gradients_wrong, _wrong_only_on,
+    _CUT_FROM_GRAPH,
+    Feedback,
+    _Case,
+    _check,
+    _Exercise,
+    _Invalid,
+    _like,
+    _loss_and_gradients,
+    _LossAndGradients,
+    _tensor,
+    _values_right_gradients_wrong,
+    _wrong_only_on,
 )
 
 __all__ = ["check_focal_loss", "check_p_t_alpha_t"]
@@ -141,7 +151,7 @@ def _run_p_t_alpha_t(fn: Callable, args: tuple) -> tuple[Tensor, Tensor]:
     shape = tuple(args[0].shape)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise _Invalid(f"Return a pair `p_t, alpha_t`, each a tensor of the logits' shape {shape}")
-    return tuple(_tensor(o, shape, name).detach() for o, name in zip(out, ("p_t", "alpha_t")))
+    return tuple(_tensor(o, shape, name).detach() for o, name in zip(out, ("p_t", "alpha_t"), strict=True))
 
 
 def _p_t_alpha_t_variant(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..ohem import ohem_mask
-from .checking import Feedback, _Case, _Exercise, _check, _fresh, _like, _tensor
+from .checking import Feedback, _Case, _check, _Exercise, _fresh, _like, _tensor
 
 __all__ = ["check_ohem_select"]
 
@@ -63,13 +63,13 @@ def _top_of_batch(losses: Tensor, labels: Tensor, batch_size: int, per_image_bud
 _ACROSS_BATCH = ("Pick the hardest anchors of each image separately — `batch_size` per image — not the hardest "
                  "of the whole batch: an image with large losses would otherwise take every place (§5.1, Table 1d).")
 _OHEM_MISTAKES = (
-    (_like(lambda l, y, b: _top_per_image(l, y, b, largest=False)),
+    (_like(lambda loss, y, b: _top_per_image(loss, y, b, largest=False)),
      "You selected the lowest losses; OHEM keeps the *highest*-loss anchors — the hard examples."),
-    (_like(lambda l, y, b: _top_of_batch(l, y, b, per_image_budget=True)), _ACROSS_BATCH),
-    (_like(lambda l, y, b: _top_of_batch(l, y, b, per_image_budget=False)), _ACROSS_BATCH),
-    (_like(lambda l, y, b: _top_per_image(l, y, b, skip_ignored=False)),
+    (_like(lambda loss, y, b: _top_of_batch(loss, y, b, per_image_budget=True)), _ACROSS_BATCH),
+    (_like(lambda loss, y, b: _top_of_batch(loss, y, b, per_image_budget=False)), _ACROSS_BATCH),
+    (_like(lambda loss, y, b: _top_per_image(loss, y, b, skip_ignored=False)),
      "Ignored anchors (label −2) must never be selected: they are not part of the loss."),
-    (_like(lambda l, y, b: _top_per_image(l, y, b, pad_with_ignored=True)),
+    (_like(lambda loss, y, b: _top_per_image(loss, y, b, pad_with_ignored=True)),
      "When an image has fewer than `batch_size` non-ignored anchors, select just those: yours fills up with "
      "ignored ones (`topk` after `masked_fill(-inf)` still returns the −inf entries — drop them with `& valid`)."),
 )

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checking import Feedback, _Case, _Exercise, _Invalid, _check, _like, _returned
+from .checking import Feedback, _Case, _check, _Exercise, _Invalid, _like, _returned
 
 __all__ = ["check_prior_bias"]
 

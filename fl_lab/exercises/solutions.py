@@ -99,14 +99,14 @@ def decode(deltas: Tensor, anchors: Tensor, weights: tuple) -> Tensor:
 def nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
     """Greedy per-class NMS: the indices of the kept boxes, best first."""
     keep = []
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for i in scores.argsort(descending=True).tolist():
         x1 = torch.maximum(boxes[i, 0], boxes[keep, 0])
         y1 = torch.maximum(boxes[i, 1], boxes[keep, 1])
         x2 = torch.minimum(boxes[i, 2], boxes[keep, 2])
         y2 = torch.minimum(boxes[i, 3], boxes[keep, 3])
         inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-        area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-        iou = inter / (area(boxes[i]) + area(boxes[keep]) - inter)
+        iou = inter / (areas[i] + areas[keep] - inter)
         if not bool(((iou > iou_threshold) & (labels[keep] == labels[i])).any()):
             keep.append(i)
     return torch.tensor(keep, dtype=torch.long)

@@ -8,8 +8,16 @@ import torch
 from torch import Tensor
 
 from .checking import (
-    Feedback, _CUT_FROM_GRAPH, _Case, _Exercise, _LossAndGradients, _check, _like, _loss_and_gradients,
-    _values_right_gradients_wrong, _wrong_only_on,
+    _CUT_FROM_GRAPH,
+    Feedback,
+    _Case,
+    _check,
+    _Exercise,
+    _like,
+    _loss_and_gradients,
+    _LossAndGradients,
+    _values_right_gradients_wrong,
+    _wrong_only_on,
 )
 
 __all__ = ["check_normalised_loss"]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from .checking import Feedback, _Case, _Exercise, _Invalid, _check, _is_integer, _like, _returned
+from .checking import Feedback, _Case, _check, _Exercise, _Invalid, _is_integer, _like, _returned
 
 __all__ = ["check_sample_counts"]
 
@@ -48,17 +48,20 @@ def _counts(pos_share: Callable[[int, float], int], top_up: bool = True, cap_pos
     return variant
 
 
-_SHARE = lambda batch, fraction: int(batch * fraction)  # noqa: E731
+def _share(batch: int, fraction: float) -> int:
+    return int(batch * fraction)
+
+
 _SAMPLE_MISTAKES = (
     (_like(_counts(lambda batch, fraction: int(batch * (1 - fraction)))),
      "The ratio is inverted: at most `positive_fraction` of the minibatch (1 in 4 for 0.25) may be positives; "
      "the rest are negatives — the paper's fixed 1:3 foreground : background (§1)."),
-    (_like(_counts(_SHARE, cap_pos=False)),
+    (_like(_counts(_share, cap_pos=False)),
      "You cannot sample more positives than there are: take min(num_pos, batch_size × positive_fraction)."),
-    (_like(_counts(_SHARE, top_up=False)),
+    (_like(_counts(_share, top_up=False)),
      "When there are too few positives, the minibatch is filled up with negatives: negatives get "
      "batch_size − (the positives actually taken), not a fixed batch_size × (1 − positive_fraction)."),
-    (_like(_counts(_SHARE, cap_neg=False)),
+    (_like(_counts(_share, cap_neg=False)),
      "You cannot sample more negatives than there are: cap them at num_neg."),
     (_like(_counts(lambda batch, fraction: math.ceil(batch * fraction))),
      "You round the positives' share up; torchvision takes int(batch_size × positive_fraction), rounding down, "

@@ -27,7 +27,7 @@ def ablations_figure(rows: Sequence[dict], title: str = "Table 1 at small scale"
     fig = Figure(figsize=(11, 0.42 * len(rows) + 1.8), layout="constrained")
     ours, paper = fig.subplots(1, 2, sharey=True)
     labelled = set()
-    for y, r in zip(ys, rows):
+    for y, r in zip(ys, rows, strict=True):
         values = [100 * v for v in r["ap"]]
         mean = statistics.fmean(values)
         sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0

@@ -47,10 +47,12 @@ def _show(ax, image, boxes: Optional[Tensor] = None, margin: float = 0.0) -> Non
 
 def _anchor_legend(ax, generator: AnchorGenerator, ratios: Sequence[int], scales: Sequence[int], **kw) -> None:
     handles = [
-        Line2D([], [], color=RATIO_COLORS[i % len(RATIO_COLORS)], lw=2, label=f"aspect ratio h/w = {generator.aspect_ratios[i]:g}")
+        Line2D([], [], color=RATIO_COLORS[i % len(RATIO_COLORS)], lw=2,
+               label=f"aspect ratio h/w = {generator.aspect_ratios[i]:g}")
         for i in ratios
     ] + [
-        Line2D([], [], color="black", ls=SCALE_STYLES[j % len(SCALE_STYLES)], label=f"scale 2^({j}/3) = {generator.scales[j]:.2f}")
+        Line2D([], [], color="black", ls=SCALE_STYLES[j % len(SCALE_STYLES)],
+               label=f"scale 2^({j}/3) = {generator.scales[j]:.2f}")
         for j in scales
     ]
     ax.legend(handles=handles, **kw)
@@ -61,7 +63,8 @@ def _draw_cell(ax, generator: AnchorGenerator, level: int, cx: float, cy: float,
     n_scales = len(generator.scales)
     for i in ratios:
         for j in scales:
-            _draw(ax, cell[i * n_scales + j], color=RATIO_COLORS[i % len(RATIO_COLORS)], ls=SCALE_STYLES[j % len(SCALE_STYLES)], lw=lw)
+            _draw(ax, cell[i * n_scales + j], color=RATIO_COLORS[i % len(RATIO_COLORS)],
+                  ls=SCALE_STYLES[j % len(SCALE_STYLES)], lw=lw)
 
 
 def ground_truth_figure(image, boxes: Tensor, labels: Tensor, class_names: Sequence[str]) -> Figure:
@@ -70,7 +73,7 @@ def ground_truth_figure(image, boxes: Tensor, labels: Tensor, class_names: Seque
     ax = fig.add_subplot()
     _show(ax, image)
     colors = [f"C{i % 10}" for i in range(len(class_names))]
-    for box, label in zip(torch.as_tensor(boxes).tolist(), torch.as_tensor(labels).tolist()):
+    for box, label in zip(torch.as_tensor(boxes).tolist(), torch.as_tensor(labels).tolist(), strict=True):
         ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec=colors[label], lw=2.5,
                                label=f"{class_names[label]} ({box[2] - box[0]:.0f}×{box[3] - box[1]:.0f})"))
     ax.set_title(f"{len(boxes)} ground-truth boxes")
@@ -90,8 +93,10 @@ def cell_anchors_figure(image, generator: AnchorGenerator, level: int, center: t
     _draw_cell(ax, generator, level, cx, cy, range(len(generator.aspect_ratios)), range(len(generator.scales)))
     ax.plot([cx], [cy], "o", color="white", mec="black")
     name = level_names(generator)[level]
-    ax.set_title(f"The {generator.num_anchors_per_location} anchors of one {name} location ({cx:g}, {cy:g}), stride {stride}")
-    _anchor_legend(ax, generator, range(len(generator.aspect_ratios)), range(len(generator.scales)), loc="lower left", fontsize="small")
+    ax.set_title(f"The {generator.num_anchors_per_location} anchors of one {name} location ({cx:g}, {cy:g}), "
+                 f"stride {stride}")
+    _anchor_legend(ax, generator, range(len(generator.aspect_ratios)), range(len(generator.scales)),
+                   loc="lower left", fontsize="small")
     return fig
 
 
@@ -103,7 +108,8 @@ def pyramid_figure(image, generator: AnchorGenerator, locations_per_level: int =
     fig = Figure(figsize=(4.2 * len(names), 4.8), layout="constrained")
     axes = fig.subplots(1, len(names))
     gen = torch.Generator().manual_seed(seed)
-    for level, (ax, (rows, cols), stride) in enumerate(zip(axes, generator.feature_sizes(size), generator.strides)):
+    for level, (ax, (rows, cols), stride) in enumerate(zip(axes, generator.feature_sizes(size), generator.strides,
+                                                           strict=True)):
         ys = (torch.arange(rows) + generator.offset) * stride
         xs = (torch.arange(cols) + generator.offset) * stride
         cell = generator.cell_anchors(level, dtype=torch.float64)
@@ -112,9 +118,11 @@ def pyramid_figure(image, generator: AnchorGenerator, locations_per_level: int =
         reach = torch.cat([cell + torch.tensor([x, y, x, y], dtype=torch.float64) for x, y in centres])
         _show(ax, image, reach)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        ax.plot(grid_x.reshape(-1), grid_y.reshape(-1), ".", ms=1.5 if rows * cols > 500 else 4, color="white", label="anchor centres")
+        ax.plot(grid_x.reshape(-1), grid_y.reshape(-1), ".", ms=1.5 if rows * cols > 500 else 4, color="white",
+                label="anchor centres")
         for x, y in centres:
-            _draw_cell(ax, generator, level, x, y, range(len(generator.aspect_ratios)), range(len(generator.scales)), lw=1.2)
+            _draw_cell(ax, generator, level, x, y, range(len(generator.aspect_ratios)), range(len(generator.scales)),
+                       lw=1.2)
         count = rows * cols * generator.num_anchors_per_location
         ax.set_title(f"{names[level]}: stride {stride}, {rows}×{cols} cells, {count:,} anchors")
         ax.legend(loc="lower left", fontsize="small")
@@ -139,7 +147,8 @@ def anchor_grid_figure(image, generator: AnchorGenerator, level: int, ratio_inde
     w, h = float(shape[0, 2] - shape[0, 0]), float(shape[0, 3] - shape[0, 1])
     name = level_names(generator)[level]
     ax.set_title(
-        f"{name}, aspect ratio {generator.aspect_ratios[ratio_index]:g}, scale {generator.scales[scale_index]:.2f}: {w:.0f}×{h:.0f} px"
+        f"{name}, aspect ratio {generator.aspect_ratios[ratio_index]:g}, "
+        f"scale {generator.scales[scale_index]:.2f}: {w:.0f}×{h:.0f} px"
     )
     ax.legend(loc="lower left", fontsize="small")
     return fig

@@ -23,7 +23,7 @@ def cdf_figure(result: LossCDF, gammas: Optional[Sequence[float]] = None, title:
     gammas = result.gammas if gammas is None else tuple(gammas)
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, kind in zip(axes, CDF_KINDS):
+    for ax, kind in zip(axes, CDF_KINDS, strict=True):
         count = (result.positives if kind == "positives" else result.negatives).numel()
         for gamma in gammas:
             fraction, cdf = result.curve(kind, gamma)

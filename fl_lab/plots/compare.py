@@ -34,12 +34,13 @@ def figure2(points: Sequence[dict], paper_speed: dict[str, Sequence[tuple[int, f
         errors = [statistics.stdev(m[1]) / math.sqrt(len(m[1])) if len(m[1]) > 1 else 0.0 for m in mine]
         ours.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, linestyle="-" if len(mine) > 1 else "none",
                       color=f"C{i}", label=name)
-        for x, y, size in zip(xs, ys, (m[2] for m in mine)):
+        for x, y, size in zip(xs, ys, (m[2] for m in mine), strict=True):
             ours.annotate(f"{size}px", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ours.set(title="this run (Shapes)", xlabel="inference time (ms per image)", ylabel="AP (×100, mean ± 1 SE)")
     ours.legend(loc="best", fontsize=8)
     for i, (backbone, points) in enumerate(paper_speed.items()):
-        paper.plot([p[2] for p in points], [p[1] for p in points], marker="o", color=f"C{i}", label=f"RetinaNet {backbone}")
+        paper.plot([p[2] for p in points], [p[1] for p in points], marker="o", color=f"C{i}",
+                   label=f"RetinaNet {backbone}")
         for size, ap, ms in points:
             paper.annotate(f"{size}", (ms, ap), textcoords="offset points", xytext=(4, -10), fontsize=8)
     paper.set(title="the paper (COCO test-dev, Nvidia M40)", xlabel="inference time (ms per image)", ylabel="COCO AP")

@@ -41,8 +41,9 @@ def detections_figure(
     fig = Figure(figsize=(3.2 * columns, 3.2 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     shown: set[int] = set()  # classes drawn somewhere: the legend names these
-    for i, (ax, image, det) in enumerate(zip(axes, images, detections)):
-        ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image.shape[2], image.shape[1], 0))
+    for i, (ax, image, det) in enumerate(zip(axes, images, detections, strict=False)):  # spare axes: last row
+        ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(),
+                  extent=(0, image.shape[2], image.shape[1], 0))
         if targets is not None:
             _draw(ax, torch.as_tensor(targets[i]["boxes"]).detach().cpu(), label="ground truth", **GROUND_TRUTH_STYLE)
         keep = torch.as_tensor(det["scores"]).detach().cpu() >= score_thresh
@@ -50,7 +51,8 @@ def detections_figure(
         scores, labels = torch.as_tensor(det["scores"]).cpu()[keep], torch.as_tensor(det["labels"]).cpu()[keep]
         colors = [f"C{k % 10}" for k in labels.tolist()]
         _draw(ax, boxes, label="detections", colors=colors, lw=1.5)
-        for (x1, y1, _, _), score, k, color in zip(boxes.tolist(), scores.tolist(), labels.tolist(), colors):
+        for (x1, y1, _, _), score, k, color in zip(boxes.tolist(), scores.tolist(), labels.tolist(), colors,
+                                                   strict=True):
             ax.text(x1, y1, f"{class_names[k]} {score:.2f}", color="white", fontsize="xx-small", va="bottom",
                     clip_on=True, bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
         shown.update(labels.tolist())

@@ -75,7 +75,8 @@ def focal_star_figure(settings: Sequence[tuple[float, float]] = ((2.0, 1.0), (4.
     ax.plot(_X_T, _of_x_t(focal_loss, gamma=0.0, alpha=None)[0], "--", color="0.5", lw=2, label="CE")
     ax.plot(_X_T, _of_x_t(focal_loss, gamma=2.0, alpha=None)[0], lw=2, label="FL, γ = 2")
     for gamma, beta in settings:
-        ax.plot(_X_T, _of_x_t(focal_loss_star, gamma=gamma, beta=beta)[0], lw=2, label=f"FL*, γ = {gamma:g}, β = {beta:g}")
+        ax.plot(_X_T, _of_x_t(focal_loss_star, gamma=gamma, beta=beta)[0], lw=2,
+                label=f"FL*, γ = {gamma:g}, β = {beta:g}")
     ax.set(xlim=(-5, 5), ylim=(0, 5), xlabel="x_t, the logit of the right answer", ylabel="loss",
            title="FL* next to FL and CE (paper Appendix A)")
     ax.legend(loc="upper right")
@@ -132,10 +133,10 @@ def imbalance_figure(results: dict[str, dict[str, GroupLoss]]) -> Figure:
     for g in GROUPS:
         shares = [results[n][g].share for n in names]
         ax_share.barh(names, shares, left=left, color=GROUP_COLORS[g], label=g)
-        for i, (x0, s) in enumerate(zip(left, shares)):
+        for i, (x0, s) in enumerate(zip(left, shares, strict=True)):
             if s >= 0.06:
                 ax_share.text(x0 + s / 2, i, f"{s:.0%}", ha="center", va="center", color="white", weight="bold")
-        left = [x0 + s for x0, s in zip(left, shares)]
+        left = [x0 + s for x0, s in zip(left, shares, strict=True)]
     ax_share.invert_yaxis()
     ax_share.set(xlim=(0, 1), xlabel="share of the total loss", ylabel="loss", title="Who holds the loss")
     ax_share.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=3, fontsize="small")

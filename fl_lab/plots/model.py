@@ -18,7 +18,7 @@ def dataset_figure(images: Sequence[Tensor], targets: Sequence[dict], class_name
     rows = math.ceil(len(images) / columns)
     fig = Figure(figsize=(3 * columns, 3 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, image, target in zip(axes, images, targets):
+    for ax, image, target in zip(axes, images, targets, strict=False):  # a last row may have spare axes
         ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image.shape[2], image.shape[1], 0))
         for k in range(len(class_names)):
             _draw(ax, target["boxes"][target["labels"] == k], color=f"C{k % 10}", lw=1.5)

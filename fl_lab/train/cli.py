@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ import torch
 from . import __doc__ as _DESCRIPTION
 from .config import PRESETS, Config
 from .loop import Diverged
-from .runner import run
+from .runner import read_config, run
 
 __all__ = ["config_from_args", "main"]
 
@@ -34,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f.metadata["help"])
         else:
-            parser.add_argument(name, type=_parse_value(f), default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+            parser.add_argument(name, type=_parse_value(f), default=argparse.SUPPRESS,
+                                choices=f.metadata.get("choices"),
                                 help=f"{f.metadata['help']} (default: {f.default})")
     return parser
 
@@ -60,19 +60,12 @@ def _resumed(folder: str, given: dict) -> Config:
         raise ValueError(f"--resume continues with the run's saved configuration: drop {options} (only --stop-after "
                          f"may change), or {fresh.replace(folder, 'another folder')}")
     try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): restore the file, or {fresh}") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} holds no configuration (a JSON object is expected): restore the file, or {fresh}")
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise ValueError(f"{path} has settings this fl_lab does not know, {unknown} (written by another version?): "
-                         f"restore the file, or {fresh}")
+        saved = read_config(out)
+    except ValueError as err:
+        raise ValueError(f"{err}: restore the file, or {fresh}") from None
     if not (out / "last.pt").is_file():
         raise ValueError(f"{out / 'last.pt'} not found: the run saved no checkpoint yet; {fresh}")
-    return Config(**{**saved, "stop_after": given.get("stop_after"), "out": folder})
+    return dataclasses.replace(saved, stop_after=given.get("stop_after"), out=folder)
 
 
 def config_from_args(argv: Optional[list[str]] = None) -> tuple[Config, bool]:

@@ -9,10 +9,14 @@ from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Optional
 
-from ..model import LOSS_FUNCTIONS
+from ..detection_loss import BOX_LOSSES, LOSS_FUNCTIONS, NORMALIZE
+from ..model import BACKBONES, HEAD_NORMS
 from .loop import TrainSettings
 
-__all__ = ["PRESETS", "Config"]
+__all__ = ["ANCHOR_RATIOS", "PRESETS", "Config"]
+
+#: Aspect ratios per anchor location that a run may ask for: 1 (1:1) or 3 (the paper's 1:2, 1:1, 2:1).
+ANCHOR_RATIOS = {1: (1.0,), 3: (0.5, 1.0, 2.0)}
 
 
 def _opt(default, help: str, **kw):
@@ -33,25 +37,27 @@ class Config:
     num_classes: int = _opt(5, "Shapes: number of shape classes (COCO and VOC bring their own)")
     min_objects: int = _opt(1, "Shapes: fewest objects per image")
     max_objects: int = _opt(30, "Shapes: most objects per image")
-    empty_fraction: float = _opt(0.0, "Shapes: share of images without any object (sparsity: more negatives per positive)")
+    empty_fraction: float = _opt(0.0, "Shapes: share of images without any object "
+                                 "(sparsity: more negatives per positive)")
     min_object_size: float = _opt(32.0, "Shapes: smallest object side in pixels (32: every object has an anchor with "
                                   "IoU >= 0.5)")
     # model
-    backbone: str = _opt("resnet18", "resnet18, resnet34, resnet50 or resnet101")
+    backbone: str = _opt("resnet18", ", ".join(BACKBONES), choices=tuple(BACKBONES))
     fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
     head_convs: int = _opt(4, "3x3 convs in each subnet before its output (paper: 4)")
     head_norm: Optional[str] = _opt(None, "None or gn (GroupNorm in the heads)")
-    backbone_weights: Optional[str] = _opt(None, "pretrained weights for the ResNet: imagenet (torchvision's, downloaded "
-                                           "once into the torch hub cache), shapes (pretrained on Shapes crops, made "
-                                           "once into that cache: python -m fl_lab.pretrain), pretrained (imagenet if "
-                                           "the cache holds it, else shapes; never downloads) or a file (none: from "
-                                           "scratch)")
+    backbone_weights: Optional[str] = _opt(None, "pretrained weights for the ResNet: imagenet (torchvision's, "
+                                           "downloaded once into the torch hub cache), shapes (pretrained on Shapes "
+                                           "crops, made once into that cache: python -m fl_lab.pretrain), pretrained "
+                                           "(imagenet if the cache holds it, else shapes; never downloads) or a file "
+                                           "(none: from scratch)")
     prior: Optional[float] = _opt(0.01, "the class prior pi of the initialisation (paper: 0.01; None: bias 0)")
     anchor_scales: int = _opt(3, "anchor scales per level, 2^(k/n) for k < n (paper: 3; Table 1c tries 1-4)")
-    anchor_ratios: int = _opt(3, "anchor aspect ratios: 1 (1:1) or 3 (1:2, 1:1, 2:1; the paper's)", choices=(1, 3))
+    anchor_ratios: int = _opt(3, "anchor aspect ratios: 1 (1:1) or 3 (1:2, 1:1, 2:1; the paper's)",
+                              choices=tuple(ANCHOR_RATIOS))
     # loss
     loss_fn: str = _opt("focal", "focal, ce, balanced_ce, focal_star or ohem (cross-entropy on the hardest anchors)",
-                        choices=("focal", "ce", "balanced_ce", "focal_star", "ohem"))
+                        choices=tuple(LOSS_FUNCTIONS))
     gamma: float = _opt(2.0, "focusing parameter of focal / focal_star (paper: 2)")
     alpha: Optional[float] = _opt(None, "weight of positives; None: the loss's own (the paper's best: focal 0.25, "
                                   "balanced_ce 0.75, focal_star unweighted); ignored by ce and ohem")
@@ -59,9 +65,9 @@ class Config:
     ohem_nms: float = _opt(0.5, "ohem: IoU threshold of the NMS over anchors' predicted boxes (paper: 0.5, 0.7)")
     ohem_max_pos_fraction: Optional[float] = _opt(None, "ohem: at most this share of positives (0.25 = SSD's 1:3; "
                                                   "None: no cap)")
-    box_loss: str = _opt("l1", "l1 (torchvision, detectron2) or smooth_l1 (paper)", choices=("l1", "smooth_l1"))
+    box_loss: str = _opt("l1", "l1 (torchvision, detectron2) or smooth_l1 (paper)", choices=BOX_LOSSES)
     normalize: str = _opt("batch", "loss normaliser: batch (paper), per_image (torchvision), ema (detectron2)",
-                          choices=("batch", "per_image", "ema"))
+                          choices=NORMALIZE)
     cls_weight: float = _opt(1.0, "weight of the classification loss in the total (paper: 1)")
     # optimisation
     steps: int = _opt(1000, "training iterations")
@@ -70,7 +76,8 @@ class Config:
     warmup: int = _opt(100, "iterations of linear warm-up from lr/3")
     momentum: float = _opt(0.9, "SGD momentum (paper: 0.9)")
     weight_decay: float = _opt(1e-4, "weight decay (paper: 1e-4)")
-    amp: str = _opt("none", "mixed precision: none, bf16 or fp16 (fp16 adds a gradient scaler)", choices=("none", "bf16", "fp16"))
+    amp: str = _opt("none", "mixed precision: none, bf16 or fp16 (fp16 adds a gradient scaler)",
+                    choices=("none", "bf16", "fp16"))
     # run
     seed: int = _opt(0, "seed of the weights, the data order and the flips")
     device: str = _opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
@@ -80,6 +87,22 @@ class Config:
     log_every: int = _opt(10, "append to log.jsonl every N iterations")
     stop_after: Optional[int] = _opt(None, "stop (with a checkpoint) after this many iterations; --resume continues")
     evaluate: bool = _opt(True, "evaluate AP on the validation set at the end")
+
+    @classmethod
+    def from_json(cls, saved, source: str) -> "Config":
+        """The configuration a run saved (``saved``: what ``dataclasses.asdict`` gave, read from ``source``).
+
+        The one reader of a saved configuration: a field the kit gained since the run was made
+        takes its default (the run was made with that behaviour); a field this kit does not know,
+        or anything but a JSON object, is a ``ValueError`` naming ``source``.
+        """
+        if not isinstance(saved, dict):
+            raise ValueError(f"{source} holds no configuration (a JSON object is expected)")
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{source} has settings this fl_lab does not know, {unknown} "
+                             "(written by another version?)")
+        return cls(**saved)
 
     def check(self) -> "Config":
         """Raise ``ValueError`` naming the option (``--steps …``) of the first setting out of range; else self.
@@ -96,7 +119,8 @@ class Config:
 
         def number(name: str, ok) -> bool:
             value = getattr(self, name)
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and ok(value))
 
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -114,9 +138,7 @@ class Config:
             need(self.num_classes <= 9, "num_classes", "at most 9 (Shapes has 9 shapes)")
         need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1), "stop_after",
              "an integer >= 1 or none")
-        need(self.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone",
-             "resnet18, resnet34, resnet50 or resnet101")
-        need(self.head_norm in (None, "gn"), "head_norm", "none or gn")
+        need(self.head_norm in HEAD_NORMS, "head_norm", " or ".join(str(n).lower() for n in HEAD_NORMS))
         need(number("lr", lambda v: v > 0), "lr", "a positive number")
         need(number("momentum", lambda v: 0 <= v < 1), "momentum", "in [0, 1)")
         need(number("weight_decay", lambda v: v >= 0), "weight_decay", "a number >= 0")
@@ -135,7 +157,7 @@ class Config:
 
     def loss_kwargs(self) -> dict:
         """Arguments of :meth:`RetinaNet.loss` for this configuration: the named loss of
-        :data:`fl_lab.model.LOSS_FUNCTIONS` with this configuration's parameters."""
+        :data:`fl_lab.detection_loss.LOSS_FUNCTIONS` with this configuration's parameters."""
         alpha = {} if self.alpha is None else {"alpha": self.alpha}
         params = {
             "focal": dict(gamma=self.gamma, **alpha),

@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..torch_utils import resolve_device
+
 __all__ = ["AMP", "Diverged", "TrainSettings", "load_checkpoint", "lr_multiplier", "read_log", "sgd", "train",
            "train_step"]
 
@@ -154,7 +156,7 @@ def train(
             disk is the last good one: none is written after a non-finite step.
     """
     s = settings
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.to(device).train()
     optimizer = sgd(core, s.lr, s.momentum, s.weight_decay)
@@ -201,10 +203,10 @@ def train(
         now = time.monotonic()
         rate = sum(images for _, _, images, _ in pending) / max(now - tick, 1e-9)
         tick = now
-        for (step, lr, _, _), numbers in zip(pending, values):
+        for (step, lr, _, _), numbers in zip(pending, values, strict=True):
             if 0 <= failed <= step:
                 break
-            row = {"step": step, "lr": lr, **dict(zip(keys, numbers)), "images_per_s": rate}
+            row = {"step": step, "lr": lr, **dict(zip(keys, numbers, strict=True)), "images_per_s": rate}
             history.append(row)
             if log and (step % s.log_every == 0 or step == end - 1):
                 log.write(json.dumps(row) + "\n")
@@ -329,7 +331,8 @@ def _open_log(out: Path, start: int):
 
 
 def _step_of(line: str) -> float:
-    """A log row's step; inf (so dropped on resume) for rows without one and for a line a killed run left half-written."""
+    """A log row's step; inf (so dropped on resume) for rows without one and for a line a killed run left
+    half-written."""
     try:
         return json.loads(line).get("step", math.inf)
     except json.JSONDecodeError:

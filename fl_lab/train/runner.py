@@ -15,17 +15,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..anchors import AnchorGenerator
 from ..data import CocoDataset, Resize, Shapes, VOCDataset, collate
 from ..data.sampler import FlipByKey, TrainSampler
 from ..evaluate import evaluate
-from ..anchors import AnchorGenerator
 from ..model import RetinaNet
 from ..pretrain import shapes_weights
+from ..torch_utils import resolve_device
 from ..weights import cached_imagenet_weights, imagenet_weights
-from .config import Config
+from .config import ANCHOR_RATIOS, Config
 from .loop import load_checkpoint, train
 
-__all__ = ["anchor_generator", "build_model", "datasets", "load_run", "run"]
+__all__ = ["anchor_generator", "build_model", "datasets", "load_run", "read_config", "run", "write_config"]
 
 
 def datasets(config: Config) -> tuple:
@@ -45,13 +46,10 @@ def datasets(config: Config) -> tuple:
 
 def anchor_generator(config: Config) -> AnchorGenerator:
     """The paper's P3-P7 anchors with the configuration's number of scales and aspect ratios (Table 1c)."""
-    if not isinstance(config.anchor_scales, int) or config.anchor_scales < 1:
-        raise ValueError(f"anchor_scales must be an integer >= 1, got {config.anchor_scales!r}")
-    if config.anchor_ratios not in (1, 3):
-        raise ValueError(f"anchor_ratios must be 1 or 3, got {config.anchor_ratios!r}")
+    config.check()
     n = config.anchor_scales
     return AnchorGenerator(scales=tuple(2 ** (k / n) for k in range(n)),
-                           aspect_ratios=(1.0,) if config.anchor_ratios == 1 else (0.5, 1.0, 2.0))
+                           aspect_ratios=ANCHOR_RATIOS[config.anchor_ratios])
 
 
 def backbone_weights_file(config: Config) -> Optional[str]:
@@ -85,18 +83,41 @@ def build_model(config: Config, num_classes: int, load_weights: bool = True) -> 
                      anchor_generator=anchor_generator(config))
 
 
+CONFIG = "config.json"
+
+
+def write_config(out: Path, config: Config) -> None:
+    """The one serialisation of a run's configuration: ``out/config.json`` (read by :func:`read_config`)."""
+    (out / CONFIG).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+
+def read_config(out: Union[str, Path]) -> Config:
+    """The configuration a run folder saved (:meth:`Config.from_json` of its ``config.json``); a missing,
+    unreadable or foreign file is a ``ValueError`` naming it."""
+    path = Path(out) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"{path} not found: {Path(out)} is not a run of fl_lab.train")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    return Config.from_json(saved, str(path))
+
+
 def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[RetinaNet, Config]:
     """The model a run folder's ``last.pt`` holds, in eval mode, and the run's configuration.
 
-    The architecture comes from the configuration saved in the checkpoint, the weights from
+    The architecture comes from the run's ``config.json`` (:func:`read_config`), the weights from
     the checkpoint itself (so a ``backbone_weights`` file need not exist any more).
     """
+    config = read_config(out)
     state = load_checkpoint(Path(out) / "last.pt", map_location=device)
     try:
-        config, num_classes = Config(**state["extra"]["config"]), int(state["extra"]["num_classes"])
+        num_classes = int(state["extra"]["num_classes"])
     except (KeyError, TypeError):
-        raise ValueError(f"{Path(out) / 'last.pt'} holds no run configuration (written by an older fl_lab, or not by "
-                         "fl_lab.train.run): train it again, e.g. with lesson 04 or python -m fl_lab.train") from None
+        raise ValueError(f"{Path(out) / 'last.pt'} does not say its number of classes (written by an older fl_lab, "
+                         "or not by fl_lab.train.run): train it again, e.g. with lesson 04 or python -m fl_lab.train"
+                         ) from None
     model = build_model(config, num_classes, load_weights=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
@@ -123,7 +144,7 @@ def run(config: Config, resume: bool = False, progress: bool = True,
     state = load_checkpoint(out / "last.pt") if resume else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        write_config(out, config)
     if world > 1:  # one process makes the backbone's weights file, the others then read it
         if rank == 0 and build is None:
             backbone_weights_file(config)
@@ -139,7 +160,7 @@ def run(config: Config, resume: bool = False, progress: bool = True,
         if world > 1 else model
     settings = dataclasses.replace(config.train_settings(), time_budget_s=time_budget_s)
     history = train(wrapped, loader, settings, device, out=out, resume_from=state, progress=progress,
-                    extra_state={"config": dataclasses.asdict(config), "num_classes": train_set.num_classes})
+                    extra_state={"num_classes": train_set.num_classes})
     if world > 1:
         _check_replicas(model, out if rank == 0 else None)
     finished = start + len(history) == config.steps
@@ -155,21 +176,13 @@ def run(config: Config, resume: bool = False, progress: bool = True,
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when started by torchrun."""
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"--device {device}: no CUDA device here; use --device cpu (or auto)")
-        if ":" in device and int(device.split(":")[1]) >= count:
-            raise ValueError(f"--device {device}: there is no such CUDA device here ({count} found: cuda:0 … "
-                             f"cuda:{count - 1})")
+    resolve_device(device)  # a CUDA device this machine lacks: a ValueError naming it, before any process group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device != "cpu"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     rank, local = (dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else (0, 0)
-    if device == "auto":
-        device = f"cuda:{local}" if cuda else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device, local_rank=local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, world, device
@@ -181,7 +194,8 @@ def _check_replicas(model: nn.Module, out: Optional[Path]) -> None:
     Only parameters are compared: BatchNorm's running statistics are each replica's own
     until DDP copies rank 0's at the next forward pass (rank 0's are the ones saved).
     """
-    checksum = torch.stack([(i + 1) * p.detach().double().sum() for i, p in enumerate(model.parameters())]).sum().reshape(1)
+    checksum = torch.stack([(i + 1) * p.detach().double().sum()
+                            for i, p in enumerate(model.parameters())]).sum().reshape(1)
     low, high = checksum.clone(), checksum.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
