@@ -7,7 +7,7 @@ import torch
 from .model import RetinaNet
 from .torch_utils import eval_mode
 
-__all__ = ["describe", "parameter_counts"]
+__all__ = ["describe", "level_shapes", "parameter_counts"]
 
 
 def parameter_counts(model: RetinaNet) -> dict[str, int]:
@@ -18,19 +18,29 @@ def parameter_counts(model: RetinaNet) -> dict[str, int]:
 
 
 @torch.no_grad()
-def describe(model: RetinaNet, image_size: tuple[int, int]) -> str:
-    """A level-by-level table of tensor shapes for one (H, W) image, from a real forward pass."""
+def level_shapes(model: RetinaNet, image_size: tuple[int, int]) -> list[dict]:
+    """For one (H, W) image, from a real forward pass, each level P3…P7: its stride, the ResNet map it
+    reads (C3–C5, channels × H × W; None for P6, P7), its pyramid map, the class and box subnets'
+    outputs (channels × H × W) and its anchors."""
     with eval_mode(model):
         body = model.backbone.body(torch.zeros(1, 3, *image_size, device=model.class_subnet.out.weight.device))
         pyramid = list(model.backbone.fpn(body).values())
-    c_shapes = [tuple(c.shape[1:]) for c in body.values()] + ["", ""]  # P6, P7 have no C level
+    c_shapes = [tuple(c.shape[1:]) for c in body.values()] + [None, None]  # P6, P7 have no C level
     k, a = model.num_classes, model.anchor_generator.num_anchors_per_location
+    return [{"level": f"P{i + 3}", "stride": 2 ** (i + 3), "C": c, "P": tuple(p.shape[1:]),
+             "class": (a * k, *p.shape[2:]), "box": (a * 4, *p.shape[2:]), "anchors": p.shape[2] * p.shape[3] * a}
+            for i, (p, c) in enumerate(zip(pyramid, c_shapes, strict=True))]
+
+
+def describe(model: RetinaNet, image_size: tuple[int, int]) -> str:
+    """A level-by-level table of tensor shapes for one (H, W) image (:func:`level_shapes`)."""
+    def shape(s) -> str:
+        return " × ".join(map(str, s)) if s else "—"
+
     rows = [f"input {tuple(image_size)} → levels (C: ResNet stage, P: pyramid; shapes are channels × H × W)",
             f"{'level':<6}{'stride':>7}  {'C (ResNet)':<16}{'P (FPN)':<16}{'class out':<16}{'box out':<16}"
             f"{'anchors':>8}"]
-    for i, (p, c) in enumerate(zip(pyramid, c_shapes, strict=True)):
-        _, ch, h, w = p.shape
-        c_text = " × ".join(map(str, c)) if c else "—"
-        rows.append(f"P{i + 3:<5}{2 ** (i + 3):>7}  {c_text:<16}{f'{ch} × {h} × {w}':<16}"
-                    f"{f'{a * k} × {h} × {w}':<16}{f'{a * 4} × {h} × {w}':<16}{h * w * a:>8,}")
+    for r in level_shapes(model, image_size):
+        rows.append(f"{r['level']:<6}{r['stride']:>7}  {shape(r['C']):<16}{shape(r['P']):<16}{shape(r['class']):<16}"
+                    f"{shape(r['box']):<16}{r['anchors']:>8,}")
     return "\n".join(rows)

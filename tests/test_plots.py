@@ -217,3 +217,18 @@ def test_focal_star_figure_draws_fl_star_beside_fl_and_ce():
     np.testing.assert_allclose(np.asarray(star21.get_data()[1], dtype=float), softplus(-(2 * x + 1)) / 2, atol=1e-12)
     np.testing.assert_allclose(np.asarray(star40.get_data()[1], dtype=float), softplus(-4 * x) / 4, atol=1e-12)
     assert "γ = 2, β = 1" in star21.get_label() and "FL, γ = 2" in fl.get_label()
+
+
+def test_architecture_figure_draws_each_levels_maps_with_their_shapes():
+    from fl_lab.architecture import level_shapes
+    from fl_lab.model import RetinaNet
+
+    levels = level_shapes(RetinaNet(3, backbone="resnet18", fpn_channels=32, head_convs=1), (128, 192))
+    assert [(lv["level"], lv["stride"], lv["C"], lv["P"]) for lv in levels[::2]] == [
+        ("P3", 8, (128, 16, 24), (32, 16, 24)), ("P5", 32, (512, 4, 6), (32, 4, 6)), ("P7", 128, None, (32, 1, 2))]
+    assert levels[0]["class"] == (27, 16, 24) and levels[0]["box"] == (36, 16, 24) and levels[0]["anchors"] == 3456
+    fig = plots.architecture_figure(levels)
+    assert_labelled(fig, 1)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "C3  128 × 16 × 24" in texts and "P7  32 × 1 × 2\nstride 128" in texts and "box 36 × 16 × 24" in texts
+    assert len(fig.axes[0].patches) == 3 + 5 * 3 + (3 + 5 * 2 + 2 + 2)  # boxes; lateral, subnet, top-down, P6/P7 arrows

@@ -15,6 +15,7 @@ from .anchors import (
     ground_truth_figure,
     pyramid_figure,
 )
+from .architecture import architecture_figure
 from .cdf import cdf_figure
 from .compare import figure2
 from .detections import detections_figure
@@ -23,6 +24,7 @@ from .model import dataset_figure, training_curves_figure, training_log_figure
 from .study import gap_figure
 
 __all__ = [
+    "architecture_figure",
     "ablations_figure",
     "anchor_grid_figure",
     "assignment_counts_figure",
