@@ -238,17 +238,19 @@ def compare_base(gpu: bool, fast: bool) -> Config:
     return dataclasses.replace(config, log_every=1, checkpoint_every=0)
 
 
-def detector_arms(base: Config, retinanet_sizes: Sequence[int] = (), ssd: str = "ssdlite") -> list[Arm]:
-    """The comparison's arms: RetinaNet with FL at ``base.image_size`` and at each of ``retinanet_sizes``,
-    RetinaNet with α-balanced CE, Faster R-CNN (``base.backbone``) and SSD (``ssd``, its own backbone)."""
+def detector_arms(base: Config, sizes: Sequence[int] = (), ssd: str = "ssdlite") -> list[Arm]:
+    """The comparison's arms: RetinaNet with FL and Faster R-CNN (``base.backbone``) each at ``base.image_size``
+    and at each of ``sizes`` (the paper's Figure 2: one curve per detector through its input scales),
+    RetinaNet with α-balanced CE and SSD (``ssd``, its own backbone) at ``base.image_size``."""
     fl = dict(loss_fn="focal", gamma=2.0, alpha=0.25)
-    arms = [Arm("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, dict(fl, image_size=size), folder=f"retinanet_focal_{size}px")
-            for size in dict.fromkeys([base.image_size, *retinanet_sizes])]
-    return arms + [
+    scales = list(dict.fromkeys([base.image_size, *sizes]))
+    return [
+        *(Arm("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, dict(fl, image_size=size), folder=f"retinanet_focal_{size}px")
+          for size in scales),
         Arm("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing",
             dict(loss_fn="balanced_ce", alpha=0.75), folder=f"retinanet_balanced_ce_{base.image_size}px"),
-        Arm("Faster R-CNN", DETECTORS["faster_rcnn"], {}, detector="faster_rcnn",
-            folder=f"faster_rcnn_{base.image_size}px"),
+        *(Arm("Faster R-CNN", DETECTORS["faster_rcnn"], dict(image_size=size), detector="faster_rcnn",
+              folder=f"faster_rcnn_{size}px") for size in scales),
         Arm("SSD", DETECTORS[ssd], dict(backbone_weights=None), detector=ssd, folder=f"ssd_{ssd}_{base.image_size}px"),
     ]
 
@@ -276,7 +278,7 @@ def _trained(config: Config, kind: Optional[str], device: torch.device) -> nn.Mo
 def compare(
     base: Config,
     out: Union[str, Path],
-    retinanet_sizes: Sequence[int] = (),
+    sizes: Sequence[int] = (),
     ssd: str = "ssdlite",
     seeds: Sequence[int] = (0,),
     timing_batch: int = 8,
@@ -285,7 +287,7 @@ def compare(
 ) -> list[ArmResult]:
     """Train and evaluate every design on ``base``'s data and budget over ``seeds``; time each one's inference.
 
-    The arms of :func:`detector_arms` (``retinanet_sizes``: the paper's speed/accuracy curve; ``ssd``:
+    The arms of :func:`detector_arms` (``sizes``: the paper's speed/accuracy curve; ``ssd``:
     "ssdlite" or "ssd300"), each trained by :func:`fl_lab.experiment.run_arm` in a folder under
     ``out`` (finished runs are read back). ``measured["ms_per_image"]``: :func:`inference_ms_per_image`
     of the first seed's model on ``timing_batch`` validation images, same device for all.
@@ -293,7 +295,7 @@ def compare(
     device = resolve_device(device)
     base = dataclasses.replace(base, device=str(device), evaluate=True)
     entries = []
-    for arm in tqdm(detector_arms(base, retinanet_sizes, ssd), desc="detectors", disable=not progress):
+    for arm in tqdm(detector_arms(base, sizes, ssd), desc="detectors", disable=not progress):
         build = None if arm.detector is None else partial(_torchvision_model, kind=arm.detector)
         entry = run_arm(arm, base, out, seeds, progress=progress, build=build)
         first = entry.runs[0]
@@ -363,8 +365,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="fast mode's tiny runs (default: on when FL_LAB_FAST is set)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: the GPU budget when CUDA is present, else the CPU one")
-    parser.add_argument("--sizes", default="", help="comma-separated extra input sizes for RetinaNet (FL), "
-                        "e.g. 96,192: the paper's speed/accuracy curve (default: none)")
+    parser.add_argument("--sizes", default="", help="comma-separated extra input sizes for RetinaNet (FL) and "
+                        "Faster R-CNN, e.g. 96,192: the paper's speed/accuracy curve (default: none)")
     parser.add_argument("--ssd", default=None, choices=tuple(k for k in DETECTORS if k.startswith("ssd")),
                         help="which SSD (default: ssdlite on a CPU, ssd300 on a GPU)")
     args = parser.parse_args(argv)
@@ -388,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.cuda.get_device_name() if cuda else "CPU"
     made = sum(run.seconds for e in entries for run in e.runs)
     claims = check_orderings(entries)
-    also = f" (RetinaNet also at {', '.join(map(str, sizes))} px)" if sizes else ""
+    also = f" (RetinaNet and Faster R-CNN also at {', '.join(map(str, sizes))} px)" if sizes else ""
     text = "\n\n".join([f"4 detectors{also} × {len(seeds)} seeds of {base.steps} iterations on {device}: "
                          f"{made / 60:.0f} min of training and evaluation when the runs were made; "
                          "inference timed in this call", format_table(entries), format_claims(claims)])

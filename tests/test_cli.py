@@ -39,6 +39,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     (["--empty-fraction", "2"], "--empty-fraction must be in [0, 1]"),
     (["--num-classes", "10"], "--num-classes must be at most 9"),
     (["--min-objects", "3", "--max-objects", "2"], "--max-objects must be at least --min-objects"),
+    (["--max-object-size", "16"], "--max-object-size must be none or at least --min-object-size (32.0), got 16.0"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_a_bad_value_is_one_error_line_naming_the_option(args, message, capsys, tmp_path):

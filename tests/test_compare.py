@@ -233,25 +233,27 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
             "--sizes", "96"]
     assert compare.main(args) == 0
     printed = capsys.readouterr().out
-    assert "4 detectors (RetinaNet also at 96 px) × 2 seeds of 2 iterations on CPU" in printed and "(n=2)" in printed
+    assert "4 detectors (RetinaNet and Faster R-CNN also at 96 px) × 2 seeds of 2 iterations on CPU" in printed
+    assert "(n=2)" in printed
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
     assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
     assert [(e["name"], e["runs"][0]["config"]["image_size"]) for e in saved["entries"]] == [
-        ("RetinaNet (FL)", 64), ("RetinaNet (FL)", 96), ("RetinaNet (α-CE)", 64), ("Faster R-CNN", 64), ("SSD", 64)]
+        ("RetinaNet (FL)", 64), ("RetinaNet (FL)", 96), ("RetinaNet (α-CE)", 64), ("Faster R-CNN", 64),
+        ("Faster R-CNN", 96), ("SSD", 64)]  # Figure 2's curves: RetinaNet and Faster R-CNN at every scale
     entries = saved["entries"]
     assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
-    assert entries[4]["group"] == compare.DETECTORS["ssdlite"] and entries[4]["detector"] == "ssdlite"  # the CPU's SSD
+    assert entries[5]["group"] == compare.DETECTORS["ssdlite"] and entries[5]["detector"] == "ssdlite"  # the CPU's SSD
     # RetinaNet and Faster R-CNN fine-tune the same backbone; SSD trains its own from scratch
-    assert [e["runs"][0]["config"]["backbone_weights"] for e in entries] == [str(resnet18_file)] * 4 + [None]
+    assert [e["runs"][0]["config"]["backbone_weights"] for e in entries] == [str(resnet18_file)] * 5 + [None]
     # each record says what trained: torchvision's detectors with their own losses, whatever the config's loss_fn
     assert [(e["runs"][0]["model"], e["runs"][0]["loss"]) for e in entries] == [
         ("RetinaNet (resnet18)", "focal(gamma=2.0, alpha=0.25)"), ("RetinaNet (resnet18)",
                                                                      "focal(gamma=2.0, alpha=0.25)"),
         ("RetinaNet (resnet18)", "balanced_ce(alpha=0.75)"), ("faster_rcnn", "faster_rcnn's own"),
-        ("ssdlite", "ssdlite's own")]
+        ("faster_rcnn", "faster_rcnn's own"), ("ssdlite", "ssdlite's own")]
     digest = hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
-    assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 4 + [None]
+    assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 5 + [None]
     outs = [run["out"] for e in entries for run in e["runs"]]
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
     assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
@@ -265,9 +267,11 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     ours, paper = fig.axes
     assert ours.get_xlabel() and ours.get_ylabel() and ours.get_legend() is not None
     assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
-    assert len(ours.containers) == 4  # one error-bar line per design; RetinaNet's two sizes joined
+    assert len(ours.containers) == 4  # one error-bar line per design; each detector's two sizes joined
+    curves = {c.get_label(): len(c.lines[0].get_xdata()) for c in ours.containers}  # points on each detector's line
+    assert curves == {"RetinaNet (FL)": 2, "RetinaNet (α-CE)": 1, "Faster R-CNN": 2, "SSD": 1}
     # a second call reads every run back instead of training it again, and times inference anew
-    again = compare.compare(tiny, tmp_path / "runs", retinanet_sizes=(96,), seeds=(0, 1), timing_batch=2,
+    again = compare.compare(tiny, tmp_path / "runs", sizes=(96,), seeds=(0, 1), timing_batch=2,
                             progress=False, device="cpu")
     assert [r.seconds for e in again for r in e.runs] == [r["seconds"] for e in entries for r in e["runs"]]
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):

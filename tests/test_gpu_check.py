@@ -20,7 +20,8 @@ def test_the_cpu_path_pretrains_fine_tunes_to_budget_benchmarks_and_reports(tmp_
     training = report["training"]
     assert training["preset"] == "cpu-pretrained"
     assert training["config"]["backbone_weights"] == report["weights"]["file"]
-    assert training["steps"] >= 3 and 1 <= training["steps_run"] <= training["steps"]
+    # how many iterations fit depends on this machine's speed and load: at least one, and never more than sized
+    assert training["steps"] >= 1 and 1 <= training["steps_run"] <= training["steps"]
     assert training["config"]["steps"] == training["steps"] and training["images_per_s"] > 0
     assert set(training["metrics"]) >= {"AP", "AP50", "AP75"}
     assert set(report["wall_s"]) == {"wheels", "weights", "train", "bench", "total"}

@@ -335,3 +335,11 @@ def test_anchor_density_is_configurable_for_table_1c():
         config_from_args(["--anchor-ratios", "2"])
     with pytest.raises(ValueError, match="--anchor-scales must be an integer >= 1, got 0"):
         anchor_generator(Config(anchor_scales=0))
+
+
+def test_shapes_objects_keep_to_the_configured_sizes():
+    config = Config(image_size=256, train_images=2, val_images=3, min_objects=3, max_objects=5, min_object_size=32.0,
+                    max_object_size=48.0)
+    for dataset in datasets(config):
+        assert (dataset.min_size, dataset.max_size, dataset.max_objects) == (32.0, 48.0, 5)
+    assert datasets(dataclasses.replace(config, max_object_size=None))[1].max_size == 0.75 * 256  # none: ¾ image

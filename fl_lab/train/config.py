@@ -41,6 +41,8 @@ class Config:
                                  "(sparsity: more negatives per positive)")
     min_object_size: float = _opt(32.0, "Shapes: smallest object side in pixels (32: every object has an anchor with "
                                   "IoU >= 0.5)")
+    max_object_size: Optional[float] = _opt(None, "Shapes: largest object side in pixels, the square root of its "
+                                            "frame's area (none: three quarters of the image)")
     # model
     backbone: str = _opt("resnet18", ", ".join(BACKBONES), choices=tuple(BACKBONES))
     fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
@@ -146,6 +148,8 @@ class Config:
         need(number("gamma", lambda v: v >= 0), "gamma", "a number >= 0")
         need(number("empty_fraction", lambda v: 0 <= v <= 1), "empty_fraction", "in [0, 1]")
         need(number("min_object_size", lambda v: v > 0), "min_object_size", "a positive number")
+        need(self.max_object_size is None or number("max_object_size", lambda v: v >= self.min_object_size),
+             "max_object_size", f"none or at least --min-object-size ({self.min_object_size})")
         need(number("ohem_nms", lambda v: 0 < v <= 1), "ohem_nms", "in (0, 1] (an IoU)")
         need(self.alpha is None or number("alpha", lambda v: 0 <= v <= 1), "alpha", "none or in [0, 1]")
         need(self.prior is None or number("prior", lambda v: 0 < v < 1), "prior", "none or in (0, 1)")
