@@ -38,12 +38,13 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, device_from, format_table, machine, median_ms, ratio, write_json
+from common import bench_parser, device_from, format_table, machine, ratio, write_json
 
 from fl_lab.anchors import AnchorGenerator
 from fl_lab.boxes import random_boxes
 from fl_lab.loss import IGNORE
 from fl_lab.matcher import AssignedTargets, assign_targets, pad_targets
+from fl_lab.torch_utils import median_ms
 
 NUM_CLASSES = 80
 #: (images, image side, most objects in an image)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from fl_lab.torch_utils import median_ms, resolve_device, sync  # noqa: F401 (the benchmarks' timer)
+from fl_lab.torch_utils import median_ms, resolve_device, sync
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -32,13 +32,13 @@ from common import (
     device_from,
     format_table,
     machine,
-    median_ms,
     peak_memory_mib,
     ratio,
     write_json,
 )
 
 from fl_lab.loss import BACKGROUND, IGNORE, focal_loss
+from fl_lab.torch_utils import median_ms
 
 SIZES = [(100_000, 80), (200_000, 80)]
 QUICK_SIZES = [(2_000, 80)]

@@ -39,11 +39,12 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from fl_lab.data import Batch, Shapes, collate
+from fl_lab.torch_utils import median_ms, sync
 from fl_lab.train import PRESETS, Config, TrainSettings, build_model, sgd, train
 from fl_lab.train import train_step as fl_lab_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_parser, device_from, format_table, machine, median_ms, ratio, sync, write_json
+from common import bench_parser, device_from, format_table, machine, ratio, write_json
 from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision
 
 #: H100 SXM dense peaks in TFLOP/s. cuDNN runs fp32 convolutions as TF32 unless that is switched

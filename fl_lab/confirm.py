@@ -81,9 +81,6 @@ class ArmOutcome:
     chosen: str
     confirmed: ArmResult  # the chosen candidate on the confirmation seeds
 
-    def explored_mean(self, label: str, metric: str = "AP") -> float:
-        return next(r for r in self.explored if r.name == label).stats(metric).mean
-
     def to_json(self) -> dict:
         return {"arm": self.arm, "explored": [r.to_json() for r in self.explored], "chosen": self.chosen,
                 "confirmed": self.confirmed.to_json()}
