@@ -3,8 +3,8 @@
 A batch of 8 images at 640×640, K = 80 classes, randomly initialised models (seed 0).
 
 **Post-processing** — fl_lab's ``RetinaNet.detect(output, image_sizes)`` against torchvision's
-``RetinaNet.postprocess_detections`` (through ``TorchvisionAdapter.detect`` of
-bench/train_vs_torchvision.py, which splits the outputs and anchors per level as torchvision
+``RetinaNet.postprocess_detections`` (through ``fl_lab.torchvision_detectors.TorchvisionDetector.detect``,
+which splits the outputs and anchors per level as torchvision
 expects them) on the *same* head outputs and anchors: those of ``fl_lab.model.RetinaNet(80,
 backbone="resnet50")`` (prior 0.01) on random images. Both use score threshold 0.05, 1000
 candidates per level, class-aware NMS at IoU 0.5 and 100 detections per image. A randomly
@@ -48,9 +48,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assign import interleaved_ms
 from common import bench_parser, device_from, format_table, machine, ratio, write_json
-from train_vs_torchvision import TorchvisionAdapter, build_torchvision
 
 from fl_lab.model import RetinaNet, RetinaNetOutput
+from fl_lab.torchvision_detectors import TorchvisionDetector, build_torchvision_detector
 
 NUM_CLASSES = 80
 TV_NUM_CLASSES = 91  # torchvision's COCO head
@@ -71,9 +71,9 @@ def build_models(side: int, backbone: str, device: torch.device) -> tuple[Retina
         tv_model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=TV_NUM_CLASSES,
                                           min_size=side, max_size=side)
     else:  # the same RetinaNet over a ResNet-18 FPN (torchvision has no builder for it)
-        tv_model = build_torchvision(TV_NUM_CLASSES, backbone, seed=0)
-        tv_model.transform = GeneralizedRCNNTransform(side, side, tv_model.transform.image_mean,
-                                                      tv_model.transform.image_std)
+        tv_model = build_torchvision_detector("retinanet", TV_NUM_CLASSES, side, backbone)
+        # torchvision's default transform (it normalises with ImageNet's statistics), as the ResNet-50 builder has
+        tv_model.transform = GeneralizedRCNNTransform(side, side, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     tv_model.detections_per_img = SETTINGS["max_detections"]
     return fl_model.to(device).eval(), tv_model.to(device).eval()
 
@@ -123,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     # (a) post-processing of the same outputs
     output = noisy_head_outputs(fl_model, images, sigma)
-    adapter = TorchvisionAdapter(tv_model)
+    adapter = TorchvisionDetector(tv_model)
     check_same_detections(fl_model.detect(output, sizes, **SETTINGS), adapter.detect(output, sizes, **SETTINGS))
     post = interleaved_ms({"fl_lab": lambda: fl_model.detect(output, sizes, **SETTINGS),
                            "torchvision": lambda: adapter.detect(output, sizes, **SETTINGS)}, device, args.repeats)

@@ -6,8 +6,8 @@ architecture (ResNet, torchvision's fixed 256-channel FPN and 4-conv heads witho
 ``bench_config`` sets them), the same seed, precision and input batch (Shapes images and
 their boxes). fl_lab's side is :func:`fl_lab.train.build_model` with the training loop's
 loss (``Config.loss_kwargs()``); torchvision's is its RetinaNet behind
-:class:`TorchvisionAdapter`, computing its own matching and loss (``head.compute_loss``) on
-the same tensors (its resize/normalise transform is skipped). Each library keeps its
+:class:`fl_lab.torchvision_detectors.TorchvisionDetector`, computing its own matching and loss
+(``head.compute_loss``) on the same tensors (its resize/normalise transform is skipped). Each library keeps its
 recipe's P6: from C5 (fl_lab, the paper) or P5 (torchvision).
 
     python bench/train_step.py                    # CPU: ResNet-18, batch 4, 256 and 320 px
@@ -45,7 +45,7 @@ from fl_lab.train import train_step as fl_lab_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_parser, device_from, format_table, machine, ratio, write_json
-from train_vs_torchvision import TorchvisionAdapter, bench_config, build_torchvision
+from train_vs_torchvision import bench_config, build_torchvision
 
 #: H100 SXM dense peaks in TFLOP/s. cuDNN runs fp32 convolutions as TF32 unless that is switched
 #: off (torch.backends.cudnn.allow_tf32, on by default), so TF32's peak is fp32's default.
@@ -103,7 +103,7 @@ def contenders(case: Case, device: torch.device) -> tuple[Batch, dict[str, Conte
     # changes their positions, not the work.
     batch = collate([data[i] for i in range(case.batch_size)], size_divisible=32).to(device)
     models = {"fl_lab": build_model(config, data.num_classes),
-              "torchvision": TorchvisionAdapter(build_torchvision(data.num_classes, config.backbone, config.seed))}
+              "torchvision": build_torchvision(data.num_classes, config)}
     if case.channels_last:
         batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
     out = {}

@@ -29,26 +29,20 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
-import torchvision
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from fl_lab.data import collate
 from fl_lab.data.sampler import FlipByKey, TrainSampler
 from fl_lab.evaluate import evaluate
-from fl_lab.model import RetinaNetOutput
 from fl_lab.torch_utils import resolve_device
+from fl_lab.torchvision_detectors import TorchvisionDetector, build_torchvision_detector
 from fl_lab.train import PRESETS, Config, build_model, datasets, train
 
-__all__ = ["TorchvisionAdapter", "bench_config", "build_torchvision", "compare", "format_table", "main"]
+__all__ = ["bench_config", "build_torchvision", "compare", "format_table", "main"]
 
 # torchvision's _resnet_fpn_extractor has 256 FPN channels and RetinaNetHead 4 convs, fixed.
 TORCHVISION_FPN_CHANNELS = 256
@@ -57,85 +51,18 @@ TORCHVISION_HEAD_CONVS = 4
 WARMUP_STEPS = 3
 
 
-# ------------------------------------------------------------------------------ torchvision's model
-def build_torchvision(num_classes: int, backbone: str = "resnet50", seed: int = 0) -> TorchvisionRetinaNet:
-    """torchvision's RetinaNet (v1 layout: P6 from P5) over a from-scratch ResNet, seeded like fl_lab's.
+# ------------------------------------------------------------------------------ the comparison
+def build_torchvision(num_classes: int, config: Config) -> TorchvisionDetector:
+    """torchvision's RetinaNet (P6 from P5, its anchors) over ``config``'s from-scratch ResNet, seeded like
+    fl_lab's, behind fl_lab's interface (:class:`fl_lab.torchvision_detectors.TorchvisionDetector`).
 
     ``num_classes`` = K: fl_lab's labels 0..K-1 index torchvision's sigmoid columns directly.
     """
-    torch.manual_seed(seed)
-    resnet = getattr(torchvision.models, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
-    body = _resnet_fpn_extractor(resnet, trainable_layers=5, returned_layers=[2, 3, 4],
-                                 extra_blocks=LastLevelP6P7(TORCHVISION_FPN_CHANNELS, TORCHVISION_FPN_CHANNELS))
-    return TorchvisionRetinaNet(body, num_classes)  # torchvision's default RetinaNet anchors
+    torch.manual_seed(config.seed)
+    return TorchvisionDetector(build_torchvision_detector("retinanet", num_classes, config.image_size, config.backbone,
+                                                          TORCHVISION_FPN_CHANNELS))
 
 
-class TorchvisionAdapter(nn.Module):
-    """A torchvision RetinaNet behind fl_lab's model interface (``forward``, ``loss``, ``detect``).
-
-    It runs ``tv.backbone`` and ``tv.head`` on fl_lab's already normalised, 128-padded batch and
-    deliberately bypasses ``tv.transform`` (GeneralizedRCNNTransform: resize, normalise, pad),
-    so both models see identical tensors. Matching, loss and post-processing are torchvision's
-    own code (``proposal_matcher``, ``head.compute_loss``, ``postprocess_detections``).
-    """
-
-    def __init__(self, tv: TorchvisionRetinaNet):
-        super().__init__()
-        self.tv = tv
-
-    def forward(self, images: Tensor) -> RetinaNetOutput:
-        """images (B, 3, H, W) normalised -> cls_logits (B, A_total, K), box_deltas (B, A_total, 4),
-        anchors (A_total, 4)."""
-        features = list(self.tv.backbone(images).values())  # P3 … P7
-        head = self.tv.head(features)
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        # The generator takes its dtype from the feature maps: under bf16 autocast anchors would
-        # be rounded to 4 px at 512 px. Make them in float32, as fl_lab's are (a no-op in fp32).
-        anchors = self.tv.anchor_generator(ImageList(images, [size] * len(images)), [f.float() for f in features])[0]
-        per_location = self.tv.anchor_generator.num_anchors_per_location()[0]
-        per_level = [f.shape[-2] * f.shape[-1] * per_location for f in features]
-        return RetinaNetOutput(head["cls_logits"], head["bbox_regression"], anchors, per_level)
-
-    def loss(self, output: RetinaNetOutput, targets: Sequence[dict], **ignored) -> dict[str, Tensor]:
-        """torchvision's training loss (focal + L1, each normalised per image, then averaged).
-
-        Matching as ``tv.compute_loss`` does it: an image with no boxes gets every anchor
-        background (-1). ``ignored``: fl_lab's loss options, which torchvision does not have.
-        Returns fl_lab's keys: ``cls``, ``box``, ``total``, ``num_foreground``.
-        """
-        anchors = output.anchors
-        matched = [
-            self.tv.proposal_matcher(box_iou(t["boxes"], anchors)) if t["boxes"].numel()
-            else torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
-            for t in targets
-        ]
-        # fl_lab.train.train calls loss outside autocast; torchvision's focal loss would then run
-        # in bf16/fp16 where fl_lab's runs in fp32. Compare like with like.
-        head = {"cls_logits": output.cls_logits.float(), "bbox_regression": output.box_deltas.float()}
-        losses = self.tv.head.compute_loss(targets, head, [anchors] * len(targets), matched)
-        cls, box = losses["classification"], losses["bbox_regression"]
-        return {"cls": cls, "box": box, "total": cls + box,
-                "num_foreground": torch.stack([(m >= 0).sum() for m in matched]).sum()}
-
-    @torch.no_grad()
-    def detect(self, output: RetinaNetOutput, image_sizes: Sequence[tuple[int, int]], score_thresh: float = 0.05,
-               topk: int = 1000, nms_thresh: float = 0.5, max_detections: int = 100) -> list[dict[str, Tensor]]:
-        """B dicts with ``boxes`` (D, 4), ``scores`` (D,), ``labels`` (D,) int64: ``tv.postprocess_detections``.
-
-        The arguments and defaults are :meth:`fl_lab.model.RetinaNet.detect`'s; torchvision
-        reads them from the model's attributes, so they are set there.
-        """
-        tv = self.tv
-        tv.score_thresh, tv.topk_candidates, tv.nms_thresh, tv.detections_per_img = (
-            score_thresh, topk, nms_thresh, max_detections)
-        split = output.anchors_per_level
-        head = {"cls_logits": list(output.cls_logits.float().split(split, dim=1)),
-                "bbox_regression": list(output.box_deltas.float().split(split, dim=1))}
-        anchors = [list(output.anchors.split(split))] * len(image_sizes)
-        return tv.postprocess_detections(head, anchors, [tuple(s) for s in image_sizes])
-
-
-# ------------------------------------------------------------------------------ the comparison
 def bench_config(preset: str = "cpu-fast", **overrides) -> Config:
     """The preset with ``overrides`` (None values skipped), and torchvision's fixed heads: FPN width, depth, no norm."""
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -192,7 +119,7 @@ def compare(config: Config, progress: bool = True) -> dict:
     del fl_model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    tv_model = TorchvisionAdapter(build_torchvision(train_set.num_classes, config.backbone, config.seed))
+    tv_model = build_torchvision(train_set.num_classes, config)
     rows.append(_train_and_evaluate("torchvision", tv_model, None, train_set, val_set, config, device, progress))
     ratio = {k: _ratio(rows[0][k], rows[1][k]) for k in _COLUMNS}
     return {"config": {**dataclasses.asdict(config), "device": str(device)}, "rows": rows, "ratio": ratio}

@@ -157,7 +157,7 @@ class Arm:
     detector's design); paper: the paper's (AP, AP50, AP75) for it, or its AP alone, as far as
     ../shared/PAPER.md states them (None: no number); note: what the paper says instead, or where
     its setting differs; detector: None for the kit's RetinaNet, else the torchvision detector it
-    trains (a key of :data:`fl_lab.compare.DETECTORS`, with its own loss); folder: where its runs
+    trains (a key of :data:`fl_lab.torchvision_detectors.DETECTORS`, with its own loss); folder: where its runs
     live under the experiment's folder (default: its name, made safe for a path).
     """
 

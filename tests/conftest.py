@@ -1,10 +1,13 @@
-"""Fixtures shared by test modules: a local HTTP file server (downloads are tested on 127.0.0.1 only)."""
+"""Fixtures shared by test modules: a local HTTP file server (downloads are tested on 127.0.0.1 only) and a
+ResNet-18 weights file."""
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
+import torch
+import torchvision
 
 
 @pytest.fixture
@@ -54,3 +57,12 @@ def server():
     httpd.shutdown()
     httpd.server_close()
     thread.join()
+
+
+@pytest.fixture(scope="session")
+def resnet18_file(tmp_path_factory):
+    """A ResNet-18 state dict standing in for the Shapes-pretrained backbone (random, seeded)."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path

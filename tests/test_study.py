@@ -54,7 +54,9 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     assert {c.empty_fraction for c in sparse} == {imbalance[-1].empty_fraction} and len(sparse) >= 2
     assert [c.steps for c in sparse] == sorted({c.steps for c in sparse})
     sparsest_row = next(r for r in rows if r.sweep == study.IMBALANCE and r.overrides == study.SPARSEST)
-    assert sparse[0].out == study.config_of(sparsest_row, study.FL, tmp_path).out  # its 500 iterations: the same runs
+    # its 500 iterations: the same runs, in the folder named by the one factor changed from the base
+    assert sparse[0].out == study.config_of(sparsest_row, study.FL, tmp_path).out == \
+        str(tmp_path / "empty_fraction=0.8333" / "FL_γ=2_α=0.25")
     # the imbalance sweep again from pretrained weights: the same data, one change; folders named by the weights file
     pretrained = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.PRETRAINED]
     assert len(pretrained) == len(imbalance) >= 3
@@ -69,7 +71,9 @@ def test_rows_change_one_factor_and_share_identical_runs(tmp_path):
     schedule = [study.config_of(r, study.FL, tmp_path) for r in rows if r.sweep == study.SCHEDULE]
     assert [c.steps for c in schedule] == [250, 500, 1000] and [c.warmup for c in schedule] == [25, 50, 100]
     assert {c.backbone_weights for c in schedule} == {study.PRETRAINED_WEIGHTS}
-    assert schedule[1].out == study.config_of(searched[0], study.FL, tmp_path).out
+    assert schedule[1].out == study.config_of(searched[0], study.FL, tmp_path).out == \
+        str(tmp_path / "backbone_weights=resnet18_shapes" / "FL_γ=2_α=0.25")
+    assert schedule[0].out == str(tmp_path / "backbone_weights=resnet18_shapes_steps=250_warmup=25" / "FL_γ=2_α=0.25")
     # the lessons' cpu-pretrained preset is that row's FL arm (its weights asked for by name, made the same way)
     lesson = Config(**PRESETS["cpu-pretrained"], alpha=0.25)  # α None: the focal loss's own, 0.25, which the arm names
     bookkeeping = {"out", "log_every", "checkpoint_every", "backbone_weights"}

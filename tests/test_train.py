@@ -231,16 +231,19 @@ def test_cli_trains_on_coco_and_voc_folders(tmp_path):
     (voc / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n")
     small = ["--image-size", "64", "--max-size", "96", "--backbone", "resnet18", "--fpn-channels", "16",
              "--head-convs", "1", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--workers", "0",
-             "--amp", "none", "--device", "cpu"]
+             "--amp", "none", "--device", "cpu", "--prior", "none"]
     # the coco preset fine-tunes ImageNet weights (a download): offline, the test starts from scratch
-    for argv, num_classes in ((["--preset", "coco", "--backbone-weights", "none", "--data-root", str(coco)], 2),
-                              (["--dataset", "voc", "--data-root", str(voc)], 20)):
+    for argv, num_classes, val_images in (
+            (["--preset", "coco", "--backbone-weights", "none", "--data-root", str(coco)], 2, 3),
+            (["--dataset", "voc", "--data-root", str(voc)], 20, 1)):
         out = tmp_path / f"run_{argv[1]}"
         assert main(argv + small + ["--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
-        assert_scored_from_its_checkpoint(out, metrics)
+        # a model this small finds nothing in these few images after two steps: AP 0 on every set
+        assert_scored_from_its_checkpoint(out, metrics, detects=False)
         model, config = load_run(out)
         assert model.num_classes == num_classes and config.data_root == str(argv[-1])
+        assert len(datasets(config)[1]) == val_images  # scored on the folder's validation split
 
 
 def test_cli_runs_and_evaluates(tmp_path):
@@ -248,7 +251,7 @@ def test_cli_runs_and_evaluates(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fl_lab.train", "--image-size", "64", "--train-images", "8",
                              "--val-images", "2", "--backbone", "resnet18", "--fpn-channels", "16", "--head-convs", "1",
                              "--batch-size", "4", "--steps", "2", "--workers", "0", "--out", str(out),
-                             "--device", "cpu"],
+                             "--device", "cpu", "--prior", "none"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -257,11 +260,18 @@ def test_cli_runs_and_evaluates(tmp_path):
     assert_scored_from_its_checkpoint(out, metrics)
 
 
-def assert_scored_from_its_checkpoint(out: Path, metrics: dict) -> None:
-    """The AP a run wrote is the AP of the model its checkpoint holds, on its validation set, scored anew."""
+def assert_scored_from_its_checkpoint(out: Path, metrics: dict, detects: bool = True) -> None:
+    """The AP a run wrote is the AP of the model its checkpoint holds, on its validation set, scored anew.
+
+    ``detects``: the run started from ``--prior none`` (every score 0.5), so that after two steps
+    the model still detects on Shapes: its AP is above 0 and differs from its AP on the training
+    set, which makes the check able to tell the sets, and the checkpoint, apart.
+    """
     model, config = load_run(out)
-    _, val_set = datasets(config)
+    train_set, val_set = datasets(config)
     assert json.dumps(evaluate(model, val_set, progress=False)) == json.dumps(metrics)  # (nan where no object)
+    if detects:
+        assert metrics["AP"] > 0 and evaluate(model, train_set, progress=False)["AP"] != metrics["AP"]
 
 
 def test_ddp_on_cpu_keeps_replicas_identical(tmp_path):

@@ -134,7 +134,7 @@ def train(
 
     Args:
         model: a :class:`fl_lab.model.RetinaNet` (or a model with its interface: ``forward``
-            returning a tuple of tensors, ``loss`` — e.g. :class:`fl_lab.compare.TorchvisionDetector`),
+            returning a tuple of tensors, ``loss`` — e.g. :class:`fl_lab.torchvision_detectors.TorchvisionDetector`),
             or one wrapped in DistributedDataParallel.
         batches: :class:`fl_lab.data.transforms.Batch` objects, starting at the first step
             to run (e.g. a DataLoader with ``collate_fn=collate``); restarted when exhausted.
