@@ -232,3 +232,17 @@ def test_architecture_figure_draws_each_levels_maps_with_their_shapes():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "C3  128 × 16 × 24" in texts and "P7  32 × 1 × 2\nstride 128" in texts and "box 36 × 16 × 24" in texts
     assert len(fig.axes[0].patches) == 3 + 5 * 3 + (3 + 5 * 2 + 2 + 2)  # boxes; lateral, subnet, top-down, P6/P7 arrows
+
+
+def test_precision_recall_figure_draws_the_curve_and_the_area_it_averages():
+    recall = torch.tensor([0.25, 0.5, 0.5, 0.75])
+    precision = torch.tensor([1.0, 1.0, 2 / 3, 0.75])
+    levels = torch.linspace(0, 1, 5)
+    interpolated = torch.tensor([1.0, 1.0, 1.0, 0.75, 0.0])  # best precision at or beyond each level
+    fig = plots.precision_recall_figure(recall, precision, levels, interpolated, title="toy")
+    (ax,) = fig.axes
+    assert ax.get_title() == "toy" and "recall" in ax.get_xlabel() and "precision" in ax.get_ylabel()
+    step, points = ax.get_lines()
+    assert np.allclose(step.get_ydata(), interpolated) and np.allclose(points.get_xdata(), recall)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("0.750" in label for label in labels)  # AP = the mean of the samples: 3.75 / 5

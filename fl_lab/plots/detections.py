@@ -70,3 +70,25 @@ def detections_figure(
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * columns))
     fig.suptitle(title)
     return fig
+
+
+def precision_recall_figure(recall: Tensor, precision: Tensor, levels: Tensor, interpolated: Tensor,
+                            title: str = "Precision against recall") -> Figure:
+    """A precision–recall curve and the area COCO's AP measures.
+
+    recall, precision: (D,) after each of D detections taken by decreasing score; levels: (L,)
+    the recall levels AP samples (COCO: 101, 0 to 1), interpolated: (L,) the precision counted
+    at each — the best precision at that recall or beyond, 0 past the last recall reached.
+    """
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(levels, interpolated, step="post", alpha=0.25,
+                    label=f"AP = area = mean of the {len(levels)} samples: {float(interpolated.mean()):.3f}")
+    ax.step(levels, interpolated, where="post", color="C0", lw=2, label="interpolated precision")
+    ax.plot(recall, precision, "o--", color="C1", label="precision after each detection")
+    for i, (r, p) in enumerate(zip(recall.tolist(), precision.tolist(), strict=True)):
+        ax.annotate(str(i + 1), (r, p), textcoords="offset points", xytext=(5, 5), fontsize=8, color="C1")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall (objects found / objects)",
+           ylabel="precision (correct / detections)", title=title)
+    ax.legend(loc="lower left")
+    return fig
