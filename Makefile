@@ -34,7 +34,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	FL_LAB_FAST=1 $(BIN)/python -m pytest
 
-# Contributors: re-execute the notebooks in fast mode and strip images before committing.
+# Contributors: re-execute the notebooks in fast and full mode, store the full run with its figures,
+# and tag the cells whose output both modes share (tools/notebooks.py).
 notebooks: $(STAMP)
 	$(BIN)/python tools/notebooks.py notebooks/*.ipynb
 

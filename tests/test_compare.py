@@ -95,6 +95,9 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
                                backbone_weights=None) == fast
     tiny = dataclasses.replace(fast, steps=2, warmup=1, batch_size=2, train_images=4, val_images=2, image_size=64,
                                backbone_weights=str(resnet18_file))
+    live = compare.compare_base(gpu=False, fast=False, live=True)
+    assert dataclasses.replace(full, steps=100, warmup=10) == live  # lesson 07's run: a fifth of the schedule
+    assert compare.compare_base(gpu=False, fast=True, live=True) == fast
     monkeypatch.setattr(compare, "compare_base", lambda gpu, fast: tiny)
     args = ["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--seeds", "0,1",
             "--sizes", "96"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 import yaml
 from packaging.requirements import Requirement
 
@@ -113,36 +114,96 @@ def test_fast_mode_flag(monkeypatch, value, expected):
     assert fast_mode() is False
 
 
-def test_strip_keeps_text_and_drops_images_and_widgets():
+def _figure_cell(png: bool = True) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell("fig", execution_count=1)
+    data = {"text/plain": "<Figure size 640x480 with 1 Axes>", **({"image/png": "iVBOR"} if png else {})}
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=data, execution_count=1),
+                    nbformat.v4.new_output("stream", text="AP 78.4\n")]
+    return cell
+
+
+def test_tidy_keeps_text_and_figures_and_drops_widgets():
     tools = load_tools_notebooks()
     nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("fig")
-    cell.outputs = [
-        nbformat.v4.new_output("execute_result", data={"text/plain": "<Figure>", "image/png": "iVBOR"}),
-        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}),
-        nbformat.v4.new_output("stream", text="kept\n"),
-    ]
-    nb.cells = [cell]
+    nb.cells = [_figure_cell()]
+    nb.cells[0].outputs.append(nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}))
     nb.metadata["widgets"] = {"state": {}}
-    assert len(tools.bulky_outputs(nb)) == 3
-    tools.strip(nb)
-    assert tools.bulky_outputs(nb) == []
-    assert [o.get("data", {}).get("text/plain", o.get("text")) for o in nb.cells[0].outputs] == ["<Figure>", "kept\n"]
+    tools.tidy(nb)
+    assert "widgets" not in nb.metadata
+    assert [sorted(o.get("data", {"text": 0})) for o in nb.cells[0].outputs] == [["image/png", "text/plain"], ["text"]]
+
+
+def test_tag_marks_the_cells_whose_output_both_modes_share():
+    tools = load_tools_notebooks()
+    rules = tools.sanitizers()
+    full, fast = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
+    same, differs, ignored = (nbformat.v4.new_code_cell(f"c{i}") for i in range(3))
+    ignored.metadata["tags"] = ["nbval-ignore-output"]
+    full.cells = [same, differs, ignored, nbformat.v4.new_markdown_cell("prose")]
+    fast.cells = [nbformat.v4.new_code_cell(c.source) if c.cell_type == "code" else c for c in full.cells]
+    texts = {"same": ("took 12.5 s\n", "took 3 s\n"), "differs": ("AP 78.4\n", "AP 0.6\n"),
+             "ignored": ("x\n", "x\n")}
+    for cell_full, cell_fast, (full_text, fast_text) in zip(full.cells[:3], fast.cells[:3], texts.values(),
+                                                           strict=True):
+        cell_full.outputs = [nbformat.v4.new_output("stream", text=full_text)]
+        cell_fast.outputs = [nbformat.v4.new_output("stream", text=fast_text)]
+    chunked = nbformat.v4.new_code_cell("print")  # one print: two chunks from one kernel, one from the other
+    chunked.outputs = [nbformat.v4.new_output("stream", text="a "), nbformat.v4.new_output("stream", text="b\n")]
+    whole = nbformat.v4.new_code_cell("print")
+    whole.outputs = [nbformat.v4.new_output("stream", text="a b\n")]
+    full.cells.append(chunked)
+    fast.cells.append(whole)
+    assert tools.tag(full, fast, rules) == 2  # timings are sanitised and streams joined: cells 0 and 4 agree
+    assert full.cells[4].metadata["tags"] == ["nbval-check-output"]
+    assert [c.metadata.get("tags", []) for c in full.cells[:3]] == [
+        ["nbval-check-output"], [], ["nbval-ignore-output"]]
+
+
+def test_storage_problems_name_each_broken_rule():
+    tools = load_tools_notebooks()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [_figure_cell()]
+    assert tools.storage_problems(nb, 1000) == ["not refreshed in full mode (run `make notebooks`)"]
+    nb.metadata["fl_lab"] = {"outputs": "full mode"}
+    assert tools.storage_problems(nb, 1000) == []
+    nb.cells.append(_figure_cell(png=False))
+    nb.cells.append(nbformat.v4.new_code_cell("widgets.IntSlider()"))
+    assert tools.storage_problems(nb, 2_000_000) == [
+        "2,000,000 bytes, over the 1,500,000 allowed", "cell 1: a figure without its image", "cell 2: not executed",
+        "cell 2: shows widgets but is not tagged nbval-ignore-output"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_committed_notebooks_follow_the_storage_rule(path):
-    """Executed (nbval has a reference), stripped of images and widget state, widget cells not compared."""
+    """Full-mode outputs with their figures, no widget state or errors, widget cells not compared, ≤ 1.5 MB."""
     nb = nbformat.read(path, as_version=4)
-    assert load_tools_notebooks().bulky_outputs(nb) == []
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.execution_count is not None for c in code), "run `make notebooks` before committing"
-    for cell in code:
-        if "widgets." in cell.source:
-            assert "nbval-ignore-output" in cell.metadata.get("tags", []), cell.source
-    assert path.stat().st_size < 200_000
+    assert load_tools_notebooks().storage_problems(nb, path.stat().st_size) == []
 
 
 def test_notebooks_are_numbered_lessons():
     assert NOTEBOOKS and NOTEBOOKS[0].name == "01_focal_loss.ipynb"
     assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name) for p in NOTEBOOKS)
+
+
+def test_shrink_png_scales_down_only_large_figures():
+    import base64
+    import io
+
+    from PIL import Image
+
+    tools = load_tools_notebooks()
+
+    def png(width: int, height: int, noise: bool) -> str:
+        generator = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+        image = Image.fromarray(pixels.numpy() if noise else (pixels.numpy() * 0 + 255))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    small = png(2000, 300, noise=False)  # wide, but a flat colour: a few kB
+    assert tools.shrink_png(small) == small
+    large = png(2000, 300, noise=True)  # ~1.8 MB of noise
+    shrunk = Image.open(io.BytesIO(base64.b64decode(tools.shrink_png(large))))
+    assert shrunk.format == "PNG" and shrunk.size == (1400, 210)
