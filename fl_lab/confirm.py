@@ -41,7 +41,7 @@ from .experiment import (
 from .train import PRESETS, Config
 
 __all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "ArmOutcome", "Search", "explore_then_confirm",
-           "format_outcomes", "lessons_base", "load_results", "main"]
+           "format_confirmation", "format_outcomes", "lessons_base", "load_results", "main"]
 
 EXPLORE_SEEDS = (0, 1, 2)
 CONFIRM_SEEDS = (100, 101, 102, 103, 104)  # declared before any confirmation ran; never extended in place
@@ -114,18 +114,23 @@ def claims(outcomes: Sequence[ArmOutcome]) -> list[Claim]:
 
 def format_outcomes(outcomes: Sequence[ArmOutcome]) -> str:
     """The exploration grid (mean AP ×100 per candidate, the choice starred), then each choice's
-    confirmation (AP, AP50, AP75 and every seed), then the claims."""
+    confirmation (:func:`format_confirmation`), then the claims."""
     seeds = [r.seed for r in outcomes[0].explored[0].runs]
     lines = [f"exploration on seeds {', '.join(map(str, seeds))}: mean AP ×100 per candidate (* the arm's choice)"]
     for o in outcomes:
         cells = [f"{r.name} {100 * r.ap:5.1f}{'*' if r.name == o.chosen else ' '}" for r in o.explored]
         lines += [f"  {o.arm:<8} " + "  ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
-    lines.append("confirmation (×100, mean ± std; then each seed's AP)")
+    return "\n".join(lines + [format_confirmation(outcomes), "", format_claims(claims(outcomes))])
+
+
+def format_confirmation(outcomes: Sequence[ArmOutcome]) -> str:
+    """Each arm's choice on the confirmation seeds: AP, AP50 and AP75 (×100, mean ± std), then each seed's AP."""
+    lines = ["confirmation (×100, mean ± std; then each seed's AP)"]
     for o in outcomes:
         seeds = " / ".join(f"{r.seed}: {100 * r.ap:.1f}" for r in o.confirmed.runs)
         lines.append(f"  {o.arm:<8} {o.chosen:<15}" + "".join(f" {m} {o.confirmed.stats(m).format():<13}"
                                                               for m in ("AP", "AP50", "AP75")) + f"  {seeds}")
-    return "\n".join(lines + ["", format_claims(claims(outcomes))])
+    return "\n".join(lines)
 
 
 def load_results(path: str | Path) -> list[ArmOutcome]:

@@ -47,6 +47,11 @@ def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, c
     saved = json.loads((tmp_path / "res" / "confirm.json").read_text())
     loaded = confirm.load_results(tmp_path / "res" / "confirm.json")
     assert confirm.format_outcomes(loaded) in printed
+    confirmation = confirm.format_confirmation(loaded).splitlines()
+    assert confirmation[0].startswith("confirmation") and len(confirmation) == 1 + len(ARMS)
+    for line, outcome in zip(confirmation[1:], loaded, strict=True):
+        assert line.split()[0] == outcome.arm and outcome.chosen in line
+        assert line.endswith(" / ".join(f"{r.seed}: {100 * r.ap:.1f}" for r in outcome.confirmed.runs))
     assert [o.chosen for o in loaded] == [a["chosen"] for a in saved["arms"]]
     assert [c.verdict for c in confirm.claims(loaded)] == [c["verdict"] for c in saved["claims"]]
     assert (tmp_path / "res" / "confirm.png").stat().st_size > 1000
