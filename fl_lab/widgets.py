@@ -17,7 +17,7 @@ from .boxes import box_iou_batched
 from .matcher import Matcher
 
 __all__ = ["anchor_explorer", "cdf_explorer", "focal_loss_explorer", "gradient_explorer", "imbalance_explorer",
-           "matching_explorer"]
+           "loss_share_panel", "matching_explorer"]
 
 
 def _slider(description: str, value: float, low: float, high: float, step: float) -> W.FloatSlider:
@@ -139,3 +139,33 @@ def cdf_explorer(result: analysis.LossCDF, gamma: float = 2.0) -> W.VBox:
         display(plots.cdf_figure(result, gammas=(0.0, gamma) if gamma != 0 else (0.0,)))
 
     return W.VBox([slider, W.interactive_output(render, {"gamma": slider})])
+
+
+def loss_share_panel(live: str, setting: analysis.LossSetting, total_steps: int, reference: dict[str, list[dict]],
+                     every: int = 10, redraw_every: int = 3) -> analysis.LossShareMonitor:
+    """A live figure of where the classification loss goes while a model trains, beside committed runs.
+
+    Returns the :class:`fl_lab.analysis.LossShareMonitor` to pass to ``fl_lab.train.run(config,
+    monitor=...)``: every ``every`` iterations it measures the batch's loss shares under ``setting``;
+    every ``redraw_every`` measurements, and at the last one, it redraws the figure
+    (:func:`fl_lab.plots.loss_share_figure`), the run ``live`` first and the ``reference`` runs
+    (name: monitor rows) beside it — a redraw costs about as much as a training step of the lessons'
+    regime on a CPU, so not every measurement is drawn. The figure is a plain display, not a widget:
+    it updates in place, and a saved notebook keeps its last frame.
+    """
+    handle = None
+
+    def draw(rows: list[dict]) -> None:
+        nonlocal handle
+        last = bool(rows) and rows[-1]["step"] + every >= total_steps
+        if rows and len(rows) % redraw_every and not last:
+            return
+        fig = plots.loss_share_figure({live: rows, **reference}, total_steps,
+                                      title="Share of the classification loss, batch by batch")
+        if handle is None:
+            handle = display(fig, display_id=True)
+        else:
+            handle.update(fig)
+
+    draw([])
+    return analysis.LossShareMonitor(setting, every=every, on_row=draw)

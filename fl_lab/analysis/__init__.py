@@ -5,6 +5,7 @@ the loss CDF of Figure 4, and whether results bear out a claim.
   holds (lesson 01); anchor assignments counted per level (lesson 02).
 * :mod:`.coverage` — anchor coverage of a dataset's objects and its negative : positive
   imbalance (lessons 02, 06).
+* :mod:`.share_monitor` — the same shares measured on the real model while it trains (lesson 04).
 * :mod:`.cdf` — Figure 4's loss CDFs from a trained model (lesson 05).
 * :mod:`.claims` — the paper's findings as claims; seeded results judged against their noise.
 """
@@ -34,6 +35,7 @@ from .claims import (
                      t_critical,
 )
 from .coverage import AnchorCoverage, anchor_coverage
+from .share_monitor import LossShareMonitor
 from .shares import (
                      ASSIGNMENT_KINDS,
                      GROUPS,
@@ -49,8 +51,8 @@ from .shares import (
 
 __all__ = [
     "ASSIGNMENT_KINDS", "CDF_KINDS", "FAILS", "GROUPS", "HARDEST_FRACTIONS", "HOLDS", "NOT_TESTED", "PRIOR_LOGIT",
-    "VERDICTS", "WITHIN_NOISE", "AnchorCoverage", "Claim", "GroupLoss", "LossCDF", "LossSetting", "PairedDifference",
-    "Reservoir", "SeedStats", "anchor_coverage", "compare_losses", "compare_seeds", "count_assignments",
-    "cumulative_loss", "format_claims", "format_shares", "hardest_share", "loss_cdf", "loss_shares",
-    "paired_difference", "paper_findings", "simulate_anchor_batch", "t_critical",
+    "VERDICTS", "WITHIN_NOISE", "AnchorCoverage", "Claim", "GroupLoss", "LossCDF", "LossSetting", "LossShareMonitor",
+    "PairedDifference", "Reservoir", "SeedStats", "anchor_coverage", "compare_losses", "compare_seeds",
+    "count_assignments", "cumulative_loss", "format_claims", "format_shares", "hardest_share", "loss_cdf",
+    "loss_shares", "paired_difference", "paper_findings", "simulate_anchor_batch", "t_critical",
 ]

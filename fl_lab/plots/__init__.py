@@ -19,7 +19,14 @@ from .architecture import architecture_figure
 from .cdf import cdf_figure
 from .compare import figure2
 from .detections import detections_figure, precision_recall_figure
-from .loss import figure1, focal_star_figure, gradient_figure, imbalance_figure, loss_explorer_figure
+from .loss import (
+    figure1,
+    focal_star_figure,
+    gradient_figure,
+    imbalance_figure,
+    loss_explorer_figure,
+    loss_share_figure,
+)
 from .model import dataset_figure, training_curves_figure, training_log_figure
 from .study import gap_figure
 
@@ -42,6 +49,7 @@ __all__ = [
     "ground_truth_figure",
     "imbalance_figure",
     "loss_explorer_figure",
+    "loss_share_figure",
     "precision_recall_figure",
     "pyramid_figure",
     "training_curves_figure",

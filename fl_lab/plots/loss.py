@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..analysis import GROUPS, GroupLoss
 from ..loss import focal_loss, focal_loss_of_pt, focal_loss_star
@@ -140,4 +141,25 @@ def imbalance_figure(results: dict[str, dict[str, GroupLoss]]) -> Figure:
     ax_share.invert_yaxis()
     ax_share.set(xlim=(0, 1), xlabel="share of the total loss", ylabel="loss", title="Who holds the loss")
     ax_share.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=3, fontsize="small")
+    return fig
+
+
+def loss_share_figure(runs: dict[str, list[dict]], total_steps: int, title: str = "Where the loss goes") -> Figure:
+    """One panel per training run: the share of each batch's classification loss held by positives,
+    hard and easy negatives against the iteration, stacked to 1.
+
+    runs: {run name: rows of :class:`fl_lab.analysis.LossShareMonitor` ({"step", and a share per group})};
+    an empty list draws an empty panel (a live run that has not measured yet).
+    """
+    fig = Figure(figsize=(5.5 * len(runs), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
+    for ax, (name, rows) in zip(axes, runs.items(), strict=True):
+        if rows:
+            ax.stackplot([r["step"] for r in rows], *[[r[g] for r in rows] for g in GROUPS],
+                         colors=[GROUP_COLORS[g] for g in GROUPS], labels=list(GROUPS), alpha=0.85)
+        ax.set(xlim=(0, total_steps), ylim=(0, 1), xlabel="iteration", title=name)
+        ax.legend(loc="lower left", fontsize="small", handles=[
+            Patch(color=GROUP_COLORS[g], label=g) for g in GROUPS])
+    axes[0].set_ylabel("share of the batch's classification loss")
+    fig.suptitle(title)
     return fig

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -129,6 +129,7 @@ def train(
     resume_from: Optional[dict] = None,
     extra_state: Optional[dict] = None,
     progress: bool = True,
+    monitor: Optional[Callable[[int, nn.Module, tuple, object], None]] = None,
 ) -> list[dict]:
     """Train ``model`` as ``settings`` say and return one dict of numbers per step run.
 
@@ -143,6 +144,9 @@ def train(
         out: a folder for ``last.pt`` and ``log.jsonl``; None keeps nothing on disk.
         resume_from: a checkpoint from :func:`load_checkpoint`: continue exactly from it.
         extra_state: saved into every checkpoint as is (:func:`run` saves the config and class count).
+        monitor: called after every step as ``monitor(step, model, output, batch)`` (the unwrapped
+            model, its outputs and the batch it trained on), e.g. an
+            :class:`fl_lab.analysis.LossShareMonitor`; it decides itself how often to measure.
 
     Each step's losses stay on the device until a log step (every ``settings.log_every`` steps,
     the last step and before each checkpoint) reads them all back at once, as nanoGPT does: a
@@ -256,6 +260,8 @@ def train(
             first_bad.copy_(torch.where(newly, step, first_bad))
             bad_kind.copy_(torch.where(newly, outputs_ok.long(), bad_kind))
             scheduler.step()
+            if monitor is not None:
+                monitor(step, core, output, batch)
             pending.append((step, lr, len(batch.targets) * world, {k: v.detach() for k, v in losses.items()}))
             if step % s.log_every == 0 or step == end - 1:
                 read_back()

@@ -125,7 +125,8 @@ def load_run(out: Union[str, Path], device: Union[str, torch.device] = "cpu") ->
 
 
 def run(config: Config, resume: bool = False, progress: bool = True,
-        build: Optional[Callable[[Config, int], nn.Module]] = None, time_budget_s: Optional[float] = None) -> dict:
+        build: Optional[Callable[[Config, int], nn.Module]] = None, time_budget_s: Optional[float] = None,
+        monitor: Optional[Callable] = None) -> dict:
     """Train (and evaluate) as configured; with ``resume`` continue from ``config.out``/last.pt.
 
     ``build(config, num_classes)`` makes the model (default :func:`build_model`, a RetinaNet;
@@ -133,6 +134,7 @@ def run(config: Config, resume: bool = False, progress: bool = True,
     schedule and evaluation). ``time_budget_s`` stops training at the first log step after that
     many seconds (a checkpoint is written; ``--resume`` can finish the run), and the model is
     evaluated as it is; ``metrics.json`` is written only by a run that reached ``config.steps``.
+    ``monitor``: passed to :func:`fl_lab.train.train` (e.g. a :class:`fl_lab.analysis.LossShareMonitor`).
     Returns {"model": the trained model, "history": rows of this call, "metrics": AP dict or
     None, "finished": whether the run reached ``config.steps``, "out": run folder}.
     Under ``torchrun`` each process runs this; rank 0 writes the files (and makes a missing
@@ -161,7 +163,7 @@ def run(config: Config, resume: bool = False, progress: bool = True,
         if world > 1 else model
     settings = dataclasses.replace(config.train_settings(), time_budget_s=time_budget_s)
     history = train(wrapped, loader, settings, device, out=out, resume_from=state, progress=progress,
-                    extra_state={"num_classes": train_set.num_classes})
+                    extra_state={"num_classes": train_set.num_classes}, monitor=monitor)
     if world > 1:
         _check_replicas(model, out if rank == 0 else None)
     finished = start + len(history) == config.steps
