@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .data import Shapes
 from .data.transforms import normalize
+from .model import BACKBONES
 from .torch_utils import eval_mode, resolve_device
 
 __all__ = ["EARLIER_RECIPE", "RECIPE", "ShapesClassifier", "cell_labels", "crops", "pretrain_backbone",
@@ -241,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="weights file to write (default: the torch hub cache's "
                         "fl_lab_<backbone>_shapes-<recipe hash>.pt, which backbone_weights='shapes' reads for the "
                         "default recipe)")
-    parser.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    parser.add_argument("--backbone", default="resnet18", choices=tuple(BACKBONES))
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="iterations of --batch-size crops")
     parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     parser.add_argument("--image-size", type=int, default=RECIPE["image_size"], help="crop side, a multiple of 32")
