@@ -33,6 +33,7 @@ MAX_PNG_BYTES = 150_000  # a larger figure is scaled down and its colours quanti
 MAX_PNG_WIDTH = 1400  # pixels: wider than a notebook column shows anyway
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 FIGURE_REPR = re.compile(r"<Figure size \d+(\.\d+)?x\d+(\.\d+)? with \d+ Axes>")
+DEFAULT_TORCH_HOME = "~/.cache/torch"  # where a learner's torch keeps its hub cache
 MODE_KEY = "fl_lab"  # notebook metadata: {"outputs": "full mode"} once refreshed
 
 
@@ -156,11 +157,20 @@ def execute(nb: nbformat.NotebookNode, folder: Path, fast: bool, torch_home: str
     return nb
 
 
+def show_cache_as_default(nb: nbformat.NotebookNode, torch_home: str) -> nbformat.NotebookNode:
+    """Write the refresh's temporary torch hub cache as the default one a learner has, in place."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out.text = "".join(out.text).replace(torch_home, DEFAULT_TORCH_HOME)
+    return nb
+
+
 def refresh(path: Path, torch_home: str) -> str:
     """Run ``path`` in fast mode, then in full mode; store the full run, tagged (:func:`tag`)."""
     fast = execute(nbformat.read(path, as_version=4), path.parent, True, torch_home)
     nb = execute(nbformat.read(path, as_version=4), path.parent, False, torch_home)
-    tagged = tag(tidy(nb), fast, sanitizers())
+    tagged = tag(show_cache_as_default(tidy(nb), torch_home), show_cache_as_default(fast, torch_home), sanitizers())
     nb.metadata[MODE_KEY] = {"outputs": "full mode"}
     nbformat.write(nb, path)
     return f"{path}: {tagged} cells compared by the tests, {path.stat().st_size / 1e6:.2f} MB"
