@@ -186,8 +186,8 @@ def _client(nb: nbformat.NotebookNode, folder: Path):
     """
     from nbclient import NotebookClient
 
-    def timeout(cell: nbformat.NotebookNode) -> int:
-        return 15 if "widgets." in cell.source else 3600
+    def timeout(cell: nbformat.NotebookNode) -> int:  # the sliders: fl_lab.widgets' *_explorer functions
+        return 15 if "_explorer(" in cell.source else 3600
 
     return NotebookClient(nb, timeout_func=timeout, kernel_name="python3",
                           resources={"metadata": {"path": str(folder)}})
