@@ -114,9 +114,13 @@ def test_fast_mode_flag(monkeypatch, value, expected):
     assert fast_mode() is False
 
 
+# A valid 1 × 1 PNG: small figures are stored as they are.
+TINY_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
 def _figure_cell(png: bool = True) -> nbformat.NotebookNode:
     cell = nbformat.v4.new_code_cell("fig", execution_count=1)
-    data = {"text/plain": "<Figure size 640x480 with 1 Axes>", **({"image/png": "iVBOR"} if png else {})}
+    data = {"text/plain": "<Figure size 640x480 with 1 Axes>", **({"image/png": TINY_PNG} if png else {})}
     cell.outputs = [nbformat.v4.new_output("execute_result", data=data, execution_count=1),
                     nbformat.v4.new_output("stream", text="AP 78.4\n")]
     return cell
@@ -130,7 +134,7 @@ def test_tidy_keeps_text_and_figures_and_drops_widgets():
         "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}))
     nb.metadata["widgets"] = {"state": {}}
     tools.tidy(nb)
-    assert "widgets" not in nb.metadata
+    assert "widgets" not in nb.metadata and nb.cells[0].outputs[0].data["image/png"] == TINY_PNG
     assert [sorted(o.get("data", {"text": 0})) for o in nb.cells[0].outputs] == [["image/png", "text/plain"], ["text"]]
 
 
