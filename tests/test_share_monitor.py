@@ -115,7 +115,7 @@ def test_command_line_writes_both_runs(tmp_path, monkeypatch, capsys):
     assert list(saved) == list(loss_share.RUNS)
     for name, m in saved.items():
         assert [r["step"] for r in m["rows"]] == [0, 2]
-        assert m["config"]["loss_fn"] == loss_share.RUNS[name][0]["loss_fn"] and 0 < m["monitor_s"] < m["train_s"]
+        assert m["config"]["loss_fn"] == loss_share.RUNS[name]["loss_fn"] and 0 < m["monitor_s"] < m["train_s"]
     printed = capsys.readouterr().out
     assert loss_share.format_rows(saved) in printed
     assert json.loads((tmp_path / "res" / "loss_share.json").read_text())["every"] == 2
