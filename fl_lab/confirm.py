@@ -10,9 +10,13 @@ comes from :func:`explore_then_confirm`:
    confirmation ran, and the claim is judged once, at that count, seed by seed
    (:func:`fl_lab.analysis.compare_seeds`: the 95 % t interval of the paired differences).
 
-More seeds later are a labelled follow-up, never a replacement.
+More seeds later are a labelled follow-up, never a replacement. :data:`REGIMES` names the data the
+question is asked on: the lessons' (one object per image, ~92 negatives per positive) and the
+many-objects pair (the same ~4 objects per image on two canvases: ~156 and ~39 : 1), which varies
+the imbalance at a fixed object count.
 
     python -m fl_lab.confirm --out runs/confirm --results results/confirm     # the lessons' regime: 64 runs
+    python -m fl_lab.confirm --regime many-objects --out runs/confirm_many --results results/confirm_many
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .analysis import Claim, compare_seeds, format_claims
 from .experiment import (
@@ -38,10 +42,12 @@ from .experiment import (
     slug,
     write_results,
 )
+from .study import measure_imbalance
 from .train import PRESETS, Config
 
-__all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "ArmOutcome", "Search", "explore_then_confirm",
-           "format_confirmation", "format_outcomes", "lessons_base", "load_results", "main"]
+__all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "MANY_OBJECTS_ARMS", "REGIMES", "ArmOutcome", "Regime",
+           "Search", "explore_then_confirm", "format_confirmation", "format_outcomes", "lessons_base",
+           "load_results", "main", "many_objects_base"]
 
 EXPLORE_SEEDS = (0, 1, 2)
 CONFIRM_SEEDS = (100, 101, 102, 103, 104)  # declared before any confirmation ran; never extended in place
@@ -56,9 +62,9 @@ class Search:
     candidates: tuple[Arm, ...]
 
 
-def _grid(loss_fn: str, alphas: Sequence[float], **fixed) -> tuple[Arm, ...]:
+def _grid(loss_fn: str, alphas: Sequence[float], lrs: Sequence[float] = LEARNING_RATES, **fixed) -> tuple[Arm, ...]:
     return tuple(Arm(f"α={a:g} lr={lr:g}", overrides=dict(loss_fn=loss_fn, alpha=a, lr=lr, **fixed))
-                 for a, lr in itertools.product(alphas, LEARNING_RATES))
+                 for a, lr in itertools.product(alphas, lrs))
 
 
 #: The lessons' question: FL (γ = 2) against α-balanced CE, each searched over α × learning rate alike.
@@ -70,6 +76,39 @@ def lessons_base() -> Config:
     """The lessons' regime (``cpu-pretrained``: the Shapes-pretrained backbone of lesson 4) with 500
     validation images, so that each seed's AP rests on 500 objects."""
     return Config(**{**PRESETS["cpu-pretrained"], "val_images": 500, "log_every": 10, "checkpoint_every": 0})
+
+
+#: The many-objects question: the same α grids at the learning rate both losses chose in the lessons'
+#: regime (0.01), a search two cores can afford at 320 px.
+MANY_OBJECTS_ARMS = (Search("FL γ=2", _grid("focal", (0.25, 0.5, 0.75), lrs=(0.01,), gamma=2.0)),
+                     Search("α-CE", _grid("balanced_ce", (0.5, 0.75, 0.9), lrs=(0.01,))))
+
+
+def many_objects_base(image_size: int) -> Config:
+    """The lessons' regime with 3–5 objects of 32–48 px per image (~4 on average; COCO has ~7) on an
+    ``image_size`` canvas: 320 px gives ~156 negative anchors per positive, 160 px ~39 — the same
+    objects, so the imbalance changes and the object count does not."""
+    return dataclasses.replace(lessons_base(), image_size=image_size, min_objects=3, max_objects=5,
+                               min_object_size=32.0, max_object_size=48.0)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The data a comparison is made on: its base configuration (made on demand) and its searches."""
+
+    description: str
+    base: Callable[[], Config]
+    arms: tuple[Search, ...]
+
+
+#: ``--regime``'s choices.
+REGIMES = {
+    "lessons": Regime("the lessons' regime (one object per image)", lambda: lessons_base(), LESSONS_ARMS),
+    "many-objects": Regime("3–5 objects per image on 320 px canvases", lambda: many_objects_base(320),
+                           MANY_OBJECTS_ARMS),
+    "many-objects-small": Regime("the same 3–5 objects on 160 px canvases", lambda: many_objects_base(160),
+                                 MANY_OBJECTS_ARMS),
+}
 
 
 @dataclass
@@ -161,24 +200,31 @@ def figure(outcomes: Sequence[ArmOutcome], title: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = experiment_parser("python -m fl_lab.confirm", __doc__, "runs/confirm")
+    parser.add_argument("--regime", choices=list(REGIMES), default="lessons",
+                        help="the data the losses are compared on (default: lessons)")
     args = parser.parse_args(argv)
-    base = lessons_base()
+    regime = REGIMES[args.regime]
+    base = regime.base()
     start = time.perf_counter()
     outcomes = run_or_exit(parser, args.debug, lambda: explore_then_confirm(
-        base, LESSONS_ARMS, args.out, explore_seeds=EXPLORE_SEEDS, confirm_seeds=CONFIRM_SEEDS))
+        base, regime.arms, args.out, explore_seeds=EXPLORE_SEEDS, confirm_seeds=CONFIRM_SEEDS))
+    imbalance = run_or_exit(parser, args.debug, lambda: measure_imbalance(base))
     made = sum(r.seconds for o in outcomes for arm in [*o.explored, o.confirmed] for r in arm.runs)
-    text = (f"{base.steps} iterations of the lessons' regime, {base.val_images} validation images; "
+    text = (f"{base.steps} iterations of {regime.description}, {base.image_size} px, {imbalance:.0f} negative "
+            f"anchors per positive, {base.val_images} validation images; "
             f"{made / 60:.0f} min of training and evaluation when the runs were made (median "
             f"{statistics.median(r.seconds for o in outcomes for r in o.confirmed.runs):.0f} s a run)\n\n"
             + format_outcomes(outcomes))
     print(text)
     if args.results:
         write_results(args.results, "confirm", command_line(parser, argv), text, {
-            "base": dataclasses.asdict(base), "explore_seeds": list(EXPLORE_SEEDS),
+            "regime": args.regime, "imbalance": imbalance, "base": dataclasses.asdict(base),
+            "explore_seeds": list(EXPLORE_SEEDS),
             "confirm_seeds": list(CONFIRM_SEEDS), "wall_s_this_call": time.perf_counter() - start,
             "arms": [o.to_json() for o in outcomes],
             "claims": [dataclasses.asdict(c) for c in claims(outcomes)]})
-        figure(outcomes, "FL against α-CE, each at its choice (5 confirmation seeds)").savefig(
+        figure(outcomes, f"FL against α-CE, each at its choice ({len(CONFIRM_SEEDS)} confirmation seeds)\n"
+                         f"{regime.description}, {imbalance:.0f} : 1").savefig(
             Path(args.results) / "confirm.png", dpi=100)
     return 0
 

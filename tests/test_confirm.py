@@ -1,5 +1,6 @@
 """fl_lab.confirm: every arm searched alike on exploration seeds, its choice judged on the confirmation seeds."""
 
+import dataclasses
 import json
 
 import pytest
@@ -38,8 +39,7 @@ def test_each_arm_runs_the_same_search_then_its_choice_on_other_seeds(tmp_path):
 
 
 def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(confirm, "lessons_base", lambda: Config(**TINY))
-    monkeypatch.setattr(confirm, "LESSONS_ARMS", ARMS)
+    monkeypatch.setitem(confirm.REGIMES, "lessons", confirm.Regime("a tiny regime", lambda: Config(**TINY), ARMS))
     monkeypatch.setattr(confirm, "EXPLORE_SEEDS", (0, 1))
     monkeypatch.setattr(confirm, "CONFIRM_SEEDS", (100, 101))
     assert confirm.main(["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]) == 0
@@ -55,3 +55,24 @@ def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, c
     assert [o.chosen for o in loaded] == [a["chosen"] for a in saved["arms"]]
     assert [c.verdict for c in confirm.claims(loaded)] == [c["verdict"] for c in saved["claims"]]
     assert (tmp_path / "res" / "confirm.png").stat().st_size > 1000
+    assert saved["regime"] == "lessons" and saved["imbalance"] > 1
+    assert f"{saved['imbalance']:.0f} negative anchors per positive" in printed
+
+
+def test_the_many_objects_regimes_differ_only_in_the_canvas():
+    large, small = confirm.REGIMES["many-objects"].base(), confirm.REGIMES["many-objects-small"].base()
+    assert (large.image_size, small.image_size) == (320, 160)
+    assert dataclasses.replace(small, image_size=320) == large
+    assert (large.min_objects, large.max_objects, large.min_object_size, large.max_object_size) == (3, 5, 32.0, 48.0)
+    lessons = confirm.lessons_base()
+    assert dataclasses.replace(large, image_size=lessons.image_size, min_objects=1, max_objects=1,
+                               max_object_size=None) == lessons
+    assert confirm.REGIMES["many-objects"].arms == confirm.REGIMES["many-objects-small"].arms
+    for search in confirm.MANY_OBJECTS_ARMS:  # the same search for both losses: α grid at lr 0.01
+        assert {a.overrides["lr"] for a in search.candidates} == {0.01} and len(search.candidates) == 3
+
+
+def test_the_command_line_rejects_an_unknown_regime(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        confirm.main(["--regime", "crowded"])
+    assert exit_info.value.code == 2 and "--regime" in capsys.readouterr().err
