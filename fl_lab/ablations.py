@@ -144,13 +144,16 @@ def _paper_text(arm: Arm) -> str:
 def format_table(results: Sequence[ArmResult]) -> str:
     """Our AP / AP50 / AP75 (×100, the paper's unit; mean ± std over seeds) beside the paper's, grouped as in
     Table 1."""
-    header = f"{'run':<30}{'AP':>16}{'AP50':>16}{'AP75':>16}   {'paper AP / AP50 / AP75':<40}"
+    metrics = ("AP", "AP50", "AP75")
+    cells = {(id(r), k): r.stats(k).format() for r in results for k in metrics}
+    column = max([len(c) for c in cells.values()] + [14]) + 2  # "(n=5)" or "(1 seed)" widen a column
+    header = f"{'run':<30}" + "".join(f"{k:>{column}}" for k in metrics) + f"   {'paper AP / AP50 / AP75':<40}"
     lines, group = [header, "-" * len(header)], None
     for r in results:
         if r.arm.group != group:
             group = r.arm.group
             lines.append(group)
-        ours = "".join(f"{r.stats(k).format():>16}" for k in ("AP", "AP50", "AP75"))
+        ours = "".join(f"{cells[id(r), k]:>{column}}" for k in metrics)
         if r.diverged:
             ours += (f"  (diverged: {len(r.diverged)} of {len(r.runs)} seeds, "
                      f"at iteration {', '.join(map(str, r.diverged))})")

@@ -12,7 +12,7 @@ def test_seed_stats_are_the_sample_mean_std_and_standard_error():
     s = SeedStats((0.2, 0.3, 0.4))
     assert s.n == 3 and s.mean == pytest.approx(0.3) and s.std == pytest.approx(0.1)
     assert s.sem == pytest.approx(0.1 / math.sqrt(3))
-    assert s.format() == "30.0 ± 10.0" and SeedStats((0.5,)).format() == "50.0 ± 0.0 (n=1)"
+    assert s.format() == "30.0 ± 10.0" and SeedStats((0.5,)).format() == "50.0 (1 seed)"
     with pytest.raises(ValueError, match="at least one"):
         SeedStats(())
 

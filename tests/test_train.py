@@ -353,3 +353,17 @@ def test_shapes_objects_keep_to_the_configured_sizes():
     for dataset in datasets(config):
         assert (dataset.min_size, dataset.max_size, dataset.max_objects) == (32.0, 48.0, 5)
     assert datasets(dataclasses.replace(config, max_object_size=None))[1].max_size == 0.75 * 256  # none: ¾ image
+
+
+def test_lesson_config_is_the_preset_or_in_fast_mode_the_cpu_preset_cut_short(monkeypatch):
+    from fl_lab.train import lesson_config
+    from fl_lab.train.config import FAST_LESSON
+
+    monkeypatch.setenv("FL_LAB_FAST", "0")
+    assert lesson_config("gpu", out="x") == Config(**{**PRESETS["gpu"], "out": "x"})
+    monkeypatch.setenv("FL_LAB_FAST", "1")
+    fast = lesson_config("gpu", out="x")
+    assert fast == Config(**{**PRESETS["cpu-pretrained"], "out": "x", **FAST_LESSON})
+    assert fast.steps < PRESETS["cpu-pretrained"]["steps"]
+    with pytest.raises(ValueError, match="unknown preset 'cpu'"):
+        lesson_config("cpu")

@@ -76,7 +76,10 @@ class SeedStats:
         return self.std / math.sqrt(self.n)
 
     def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        """"mean ± std" (× ``scale``: AP is printed ×100, the paper's unit), with n when n ≠ 3."""
+        """"mean ± std" (× ``scale``: AP is printed ×100, the paper's unit), with n when n ≠ 3; one
+        value alone, "value (1 seed)": a single run has no spread to show."""
+        if self.n == 1:
+            return f"{scale * self.mean:.{digits}f} (1 seed)"
         text = f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}"
         return text if self.n == 3 else f"{text} (n={self.n})"
 

@@ -18,10 +18,10 @@ A run folder holds ``config.json``, ``log.jsonl`` (one JSON object per logged st
 from __future__ import annotations
 
 from .cli import config_from_args, main  # noqa: E402  (the command line uses the package's docstring)
-from .config import PRESETS, Config
+from .config import PRESETS, Config, lesson_config
 from .loop import Diverged, TrainSettings, load_checkpoint, lr_multiplier, read_log, sgd, train, train_step
 from .runner import backbone_weights_file, build_model, datasets, load_run, read_config, run
 
 __all__ = ["PRESETS", "Config", "Diverged", "TrainSettings", "backbone_weights_file", "build_model", "config_from_args",
-           "datasets", "load_checkpoint", "load_run", "lr_multiplier", "main", "read_config", "read_log", "run", "sgd",
-           "train", "train_step"]
+           "datasets", "lesson_config", "load_checkpoint", "load_run", "lr_multiplier", "main", "read_config",
+           "read_log", "run", "sgd", "train", "train_step"]

@@ -10,10 +10,11 @@ from functools import partial
 from typing import Optional
 
 from ..detection_loss import BOX_LOSSES, LOSS_FUNCTIONS, NORMALIZE
+from ..fast_mode import fast_mode
 from ..model import BACKBONES, HEAD_NORMS
 from .loop import TrainSettings
 
-__all__ = ["ANCHOR_RATIOS", "PRESETS", "Config"]
+__all__ = ["ANCHOR_RATIOS", "FAST_LESSON", "PRESETS", "Config", "lesson_config"]
 
 #: Aspect ratios per anchor location that a run may ask for: 1 (1:1) or 3 (the paper's 1:2, 1:1, 2:1).
 ANCHOR_RATIOS = {1: (1.0,), 3: (0.5, 1.0, 2.0)}
@@ -212,3 +213,18 @@ PRESETS: dict[str, dict] = {
                  fpn_channels=256, head_convs=4, batch_size=16, steps=90_000, lr=0.01, warmup=500, amp="bf16",
                  workers=8, checkpoint_every=5000, log_every=20, out="runs/coco"),
 }
+
+
+#: What the lessons train under ``FL_LAB_FAST`` (CI's run of every notebook): the same code, cut short.
+FAST_LESSON = dict(steps=50, warmup=5, val_images=32)
+
+
+def lesson_config(preset: str, **overrides) -> Config:
+    """The run a lesson trains: ``PRESETS[preset]`` updated by ``overrides``. Under ``FL_LAB_FAST``
+    it is ``cpu-pretrained`` cut to :data:`FAST_LESSON`, whatever ``preset`` is, so that a lesson's
+    code runs in CI unchanged."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if fast_mode():
+        return Config(**{**PRESETS["cpu-pretrained"], **overrides, **FAST_LESSON})
+    return Config(**{**PRESETS[preset], **overrides})
