@@ -38,6 +38,7 @@ __all__ = [
     "format_table",
     "load_results",
     "run_ablations",
+    "save_figure",
     "table1_base",
     "table1_grid",
 ]
@@ -221,13 +222,22 @@ def figure_rows(results: Sequence[ArmResult]) -> list[dict]:
              "paper": r.arm.paper[0] if r.arm.paper else None, "diverged": len(r.diverged)} for r in results]
 
 
+def save_figure(results: Sequence[ArmResult], folder: str | Path, device: str, seeds: int) -> Path:
+    """``table1.png`` in ``folder``: :func:`fl_lab.plots.ablations_figure` of the grid."""
+    from . import plots
+
+    path = Path(folder) / "table1.png"
+    plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {seeds} seeds)"
+                           ).savefig(path, dpi=100)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fl_lab.ablations``: run lesson 06's grid, print the table and the orderings.
 
     With ``--results DIR`` also writes ``table1.txt``, ``table1.json`` and ``table1.png`` there
     (what ``results/`` holds after a GPU run).
     """
-    from . import plots
     from .analysis import format_claims
     from .fast_mode import fast_mode
 
@@ -275,8 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
             "rows": [r.to_json() for r in results],
             "claims": [dataclasses.asdict(c) for c in check_orderings(results)]})
-        plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {len(seeds)} seeds)"
-                               ).savefig(folder / "table1.png", dpi=100)
+        save_figure(results, folder, device, len(seeds))
     return 0
 
 

@@ -56,7 +56,7 @@ from .train import Config, datasets, load_run
 
 __all__ = ["ARMS", "SEEDS", "STUDY_BASE", "Row", "RowResult", "format_pretrained", "format_rows", "gap_claims",
            "gap_figure", "gap_points", "figure4", "format_figure4", "load_pretrained", "load_results", "main",
-           "run_study", "study_rows"]
+           "run_study", "save_gap_figures", "study_rows"]
 
 #: The study's base: the ``cpu-fast`` preset, as Table 1's CPU grid runs it:
 #: Shapes at 128 px, one object of 32-96 px per image, ResNet-18-FPN (64 channels, two
@@ -335,6 +335,17 @@ def gap_figure(results: Sequence[RowResult], sweep: str):
                             title=f"FL (γ = 2, α = .25) − α-CE (α = .75) {what} (Shapes, 2 CPU cores)")
 
 
+def save_gap_figures(results: Sequence[RowResult], folder: str | Path) -> list[Path]:
+    """``gap_vs_<sweep>.png`` in ``folder`` for each sweep the results hold (:func:`gap_figure`)."""
+    paths = []
+    for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr"),
+                        (PRETRAINED, "imbalance_pretrained")):
+        if any(r.row.sweep == sweep for r in results):
+            paths.append(Path(folder) / f"gap_vs_{name}.png")
+            gap_figure(results, sweep).savefig(paths[-1], dpi=100)
+    return paths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fl_lab.study``: run the study (finished runs are read back), print it, write results."""
     parser = experiment_parser("python -m fl_lab.study", __doc__, "runs/fl_vs_ce")
@@ -364,10 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_results(folder, "study", command_line(parser, argv), text, {
             "wall_s_this_call": wall, "seeds": list(SEEDS), "base": STUDY_BASE, "rows": to_json(results),
             "claims": [dataclasses.asdict(c) for c in claims], "pretrained": pretrained})
-        for sweep, name in ((IMBALANCE, "imbalance"), (SCHEDULE, "schedule"), (SPARSE, "sparse_schedule"), (LR, "lr"),
-                            (PRETRAINED, "imbalance_pretrained")):
-            if any(r.row.sweep == sweep for r in results):
-                gap_figure(results, sweep).savefig(folder / f"gap_vs_{name}.png", dpi=100)
+        save_gap_figures(results, folder)
         for sweep, name in FIGURE4_ROWS:  # Figure 4 on each seed's FL model, one object per image (lesson 05)
             row = next((r for r in results if r.row.sweep == sweep and r.row.label == ONE_OBJECT), None)
             if row is not None:

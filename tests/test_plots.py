@@ -160,19 +160,22 @@ def test_training_log_figure():
     np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), [r["lr"] for r in rows[:10]])
 
 
-def test_gap_figure_draws_each_arm_and_the_difference_with_two_standard_errors():
-    points = [(550, [0.05, 0.07, 0.06], [0.04, 0.05, 0.03]), (16, [0.10, 0.12, 0.11], [0.20, 0.22, 0.21])]
+def test_gap_figure_draws_each_arm_and_the_gap_seed_by_seed_with_its_t_interval():
+    points = [(550, [0.05, 0.07, 0.06], [0.04, 0.05, 0.03]), (16, [0.10, 0.12, 0.11], [0.20, 0.23, 0.21])]
     fig = plots.gap_figure(points, xlabel="negatives per positive", title="t", log_x=True)
     assert_labelled(fig, 2)
     arms, gap = fig.axes
     assert len(arms.containers) == 2 and len(gap.containers) == 1
+    seeds = [line for line in gap.get_lines() if line.get_marker() == "o"]
+    assert len(seeds) == 3  # one line per seed, through its difference at each factor value
+    np.testing.assert_allclose(seeds[1].get_ydata(), [100 * (0.12 - 0.23), 100 * (0.07 - 0.05)])
     line, _, (bars,) = gap.containers[0]
     xs, ys = line.get_data()
     assert [float(x) for x in xs] == [16, 550]  # sorted by the factor
-    np.testing.assert_allclose(np.asarray(ys, dtype=float), [100 * (0.11 - 0.21), 100 * (0.06 - 0.04)])
-    se = 100 * np.sqrt(2 * (0.01 ** 2 / 3))  # both arms: std 0.01 over 3 seeds
-    segment = bars.get_segments()[0]
-    np.testing.assert_allclose(segment[1][1] - segment[0][1], 2 * 2 * se, rtol=1e-6)  # ± 2 SE
+    np.testing.assert_allclose(np.asarray(ys, dtype=float), [100 * -0.1033333, 100 * 0.02], rtol=1e-5)
+    # at 550 the differences are 1, 2, 3 (×100): sd 1, SE 1/√3, t(2 df) = 4.303 from a t table
+    segment = bars.get_segments()[1]
+    np.testing.assert_allclose(segment[1][1] - segment[0][1], 2 * 4.303 / np.sqrt(3), rtol=1e-4)
     assert arms.get_xscale() == "log" and "3 seeds" in arms.get_title()
 
 
@@ -246,3 +249,16 @@ def test_precision_recall_figure_draws_the_curve_and_the_area_it_averages():
     assert np.allclose(step.get_ydata(), interpolated) and np.allclose(points.get_xdata(), recall)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("0.750" in label for label in labels)  # AP = the mean of the samples: 3.75 / 5
+
+
+def test_ablations_figure_joins_each_seed_down_its_group():
+    rows = [{"name": "a1", "group": "A", "ap": [0.5, 0.6, 0.7], "paper": 30.0, "diverged": 0},
+            {"name": "a2", "group": "A", "ap": [0.4, 0.8, 0.6], "paper": 31.0, "diverged": 0},
+            {"name": "b1", "group": "B", "ap": [0.2, 0.3], "paper": None, "diverged": 1}]
+    fig = plots.ablations_figure(rows, title="t")
+    ours, paper = fig.axes
+    joins = [line for line in ours.get_lines() if line.get_linestyle() == "-"]
+    assert len(joins) == 3  # group A: 3 seeds over 2 rows; group B has one row, nothing to join
+    np.testing.assert_allclose(joins[1].get_xdata(), [60, 80])  # seed 1: row a1 then a2
+    np.testing.assert_allclose(joins[1].get_ydata(), [2, 1])
+    assert "one seed, joined down its group" in [t.get_text() for t in fig.legends[0].get_texts()]
