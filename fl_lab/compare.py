@@ -87,8 +87,10 @@ PAPER_SPEED = {
 
 
 def image_size(entry: ArmResult) -> int:
-    """The input size (px) a detector of the comparison trained and was timed at."""
-    return entry.runs[0].config["image_size"]
+    """The input size (px) a detector of the comparison trained and was timed at: its images' side, or the
+    side they were resized to (``input_size``; records made before it existed have none)."""
+    config = entry.runs[0].config
+    return config.get("input_size") or config["image_size"]
 
 
 def ms_per_image(entry: ArmResult) -> float:
@@ -122,18 +124,26 @@ def compare_base(gpu: bool, fast: bool, live: bool = False) -> Config:
 
 
 def detector_arms(base: Config, sizes: Sequence[int] = (), ssd: str = "ssdlite") -> list[Arm]:
-    """The comparison's arms: RetinaNet with FL and Faster R-CNN (``base.backbone``) each at ``base.image_size``
-    and at each of ``sizes`` (the paper's Figure 2: one curve per detector through its input scales),
-    RetinaNet with α-balanced CE and SSD (``ssd``, its own backbone) at ``base.image_size``."""
+    """The comparison's arms: RetinaNet with FL and Faster R-CNN (``base.backbone``) each on ``base``'s
+    images and on the same images resized to each of ``sizes`` (``input_size``: the paper's Figure 2,
+    one curve per detector through its input scales), RetinaNet with α-balanced CE and SSD (``ssd``,
+    its own backbone) on ``base``'s images."""
     fl = dict(loss_fn="focal", gamma=2.0, alpha=0.25)
-    scales = list(dict.fromkeys([base.image_size, *sizes]))
+    scales = [None, *dict.fromkeys(s for s in sizes if s != base.image_size)]
+
+    def at(size: Optional[int]) -> dict:
+        return {} if size is None else {"input_size": size}
+
+    def px(size: Optional[int]) -> int:
+        return base.image_size if size is None else size
+
     return [
-        *(Arm("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, dict(fl, image_size=size), folder=f"retinanet_focal_{size}px")
+        *(Arm("RetinaNet (FL)", DETECTORS_ONE_STAGE_FL, dict(fl, **at(size)), folder=f"retinanet_focal_{px(size)}px")
           for size in scales),
         Arm("RetinaNet (α-CE)", "one-stage, α-balanced CE (α .75), no focusing",
             dict(loss_fn="balanced_ce", alpha=0.75), folder=f"retinanet_balanced_ce_{base.image_size}px"),
-        *(Arm("Faster R-CNN", DETECTORS["faster_rcnn"], dict(image_size=size), detector="faster_rcnn",
-              folder=f"faster_rcnn_{size}px") for size in scales),
+        *(Arm("Faster R-CNN", DETECTORS["faster_rcnn"], at(size), detector="faster_rcnn",
+              folder=f"faster_rcnn_{px(size)}px") for size in scales),
         Arm("SSD", DETECTORS[ssd], dict(backbone_weights=None), detector=ssd, folder=f"ssd_{ssd}_{base.image_size}px"),
     ]
 
@@ -143,7 +153,8 @@ def _torchvision_model(config: Config, num_classes: int, kind: str, load_weights
     :func:`fl_lab.train.build_model` does RetinaNet); ``load_weights=False``: the architecture only."""
     weights = backbone_weights_file(config) if load_weights else None
     torch.manual_seed(config.seed)
-    return TorchvisionDetector(build_torchvision_detector(kind, num_classes, config.image_size, config.backbone,
+    return TorchvisionDetector(build_torchvision_detector(kind, num_classes, config.input_size or config.image_size,
+                                                          config.backbone,
                                                           config.fpn_channels, weights,
                                                           frozen_bn=config.backbone_weights is not None), config.amp)
 

@@ -12,7 +12,7 @@ comes from :func:`explore_then_confirm`:
 
 More seeds later are a labelled follow-up, never a replacement. :data:`REGIMES` names the data the
 question is asked on: the lessons' (one object per image, ~92 negatives per positive) and the
-many-objects pair (the same ~4 objects per image on two canvases: ~156 and ~39 : 1), which varies
+many-objects pair (the same ~4 objects per image on two canvases: ~151 and ~38 : 1), which varies
 the imbalance at a fixed object count.
 
     python -m fl_lab.confirm --out runs/confirm --results results/confirm     # the lessons' regime: 64 runs
@@ -86,7 +86,7 @@ MANY_OBJECTS_ARMS = (Search("FL γ=2", _grid("focal", (0.25, 0.5, 0.75), lrs=(0.
 
 def many_objects_base(image_size: int) -> Config:
     """The lessons' regime with 3–5 objects of 32–48 px per image (~4 on average; COCO has ~7) on an
-    ``image_size`` canvas: 320 px gives ~156 negative anchors per positive, 160 px ~39 — the same
+    ``image_size`` canvas: 320 px gives ~151 negative anchors per positive, 160 px ~38 — the same
     objects, so the imbalance changes and the object count does not."""
     return dataclasses.replace(lessons_base(), image_size=image_size, min_objects=3, max_objects=5,
                                min_object_size=32.0, max_object_size=48.0)

@@ -211,8 +211,8 @@ class RetinaNet(nn.Module):
         """images: (B, 3, H, W) normalised -> :class:`RetinaNetOutput` for every anchor.
 
         H and W need not be multiples of 128 (the grids follow
-        :meth:`AnchorGenerator.feature_sizes`), but batches padded to 128 keep every
-        level's stride exact; :func:`fl_lab.data.transforms.collate` does that. An empty batch
+        :meth:`AnchorGenerator.feature_sizes`); multiples of 32 make C3–C5 halve exactly, as
+        FPN's top-down merge needs: :func:`fl_lab.data.transforms.collate` pads to that. An empty batch
         (B = 0) raises ``ValueError``: there is nothing to detect and no loss to compute.
         """
         if (not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3

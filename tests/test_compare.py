@@ -108,9 +108,11 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     saved = json.loads((tmp_path / "res" / "compare.json").read_text())
     assert saved["device"] == "CPU" and saved["seeds"] == [0, 1] and saved["base"]["steps"] == 2
     assert saved["base"]["device"] == "cpu" and saved["base"]["out"] == str(tmp_path / "runs")
-    assert [(e["name"], e["runs"][0]["config"]["image_size"]) for e in saved["entries"]] == [
-        ("RetinaNet (FL)", 64), ("RetinaNet (FL)", 96), ("RetinaNet (α-CE)", 64), ("Faster R-CNN", 64),
-        ("Faster R-CNN", 96), ("SSD", 64)]  # Figure 2's curves: RetinaNet and Faster R-CNN at every scale
+    # Figure 2's curves: RetinaNet and Faster R-CNN on the same images, as made and resized to every scale
+    assert [(e["name"], e["runs"][0]["config"]["image_size"], e["runs"][0]["config"]["input_size"])
+            for e in saved["entries"]] == [("RetinaNet (FL)", 64, None), ("RetinaNet (FL)", 64, 96),
+                                           ("RetinaNet (α-CE)", 64, None), ("Faster R-CNN", 64, None),
+                                           ("Faster R-CNN", 64, 96), ("SSD", 64, None)]
     entries = saved["entries"]
     assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
     assert entries[5]["group"] == compare.DETECTORS["ssdlite"] and entries[5]["detector"] == "ssdlite"  # the CPU's SSD
@@ -128,6 +130,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
     assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
     loaded = compare.load_results(tmp_path / "res" / "compare.json")
+    assert [compare.image_size(e) for e in loaded] == [64, 96, 64, 64, 96, 64]
     table = compare.format_table(loaded)
     assert table in printed and all(compare.PAPER[e.name] in table for e in loaded)
     assert [c.verdict for c in compare.check_orderings(loaded)] == [c["verdict"] for c in saved["claims"]]

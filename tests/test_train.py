@@ -367,3 +367,20 @@ def test_lesson_config_is_the_preset_or_in_fast_mode_the_cpu_preset_cut_short(mo
     assert fast.steps < PRESETS["cpu-pretrained"]["steps"]
     with pytest.raises(ValueError, match="unknown preset 'cpu'"):
         lesson_config("cpu")
+
+
+def test_input_size_resizes_the_same_shapes_images_and_their_boxes():
+    from fl_lab.train import datasets
+
+    made = Config(image_size=128, train_images=3, val_images=3, min_objects=2, max_objects=3, seed=4)
+    resized = dataclasses.replace(made, input_size=96)
+    for plain, scaled in zip(datasets(made), datasets(resized), strict=True):
+        for i in range(len(plain)):
+            (image, target), (small, small_target) = plain[i], scaled[i]
+            assert tuple(small.shape) == (3, 96, 96) and small_target["scale"] == (0.75, 0.75)
+            torch.testing.assert_close(small_target["boxes"], target["boxes"] * 0.75)  # the same objects
+            assert torch.equal(small_target["labels"], target["labels"])
+    # the ground truth stays in the images' own pixels, where predict maps detections back
+    assert datasets(resized)[1].coco_ground_truth() == datasets(made)[1].coco_ground_truth()
+    with pytest.raises(ValueError, match="--input-size must be an integer >= 32"):
+        dataclasses.replace(made, input_size=16).check()

@@ -1,4 +1,4 @@
-"""fl_lab.data.transforms: the resize rule, flips, normalisation and pad-to-128 batching."""
+"""fl_lab.data.transforms: the resize rule, flips, normalisation and pad-to-32 batching."""
 
 import functools
 
@@ -129,10 +129,10 @@ def test_normalize_values():
         normalize(torch.rand(4, 5, 7))
 
 
-def test_collate_pads_to_multiples_of_128_with_zeros():
+def test_collate_pads_to_multiples_of_32_with_zeros():
     batch = [sample(100, 300, seed=1), sample(257, 64, seed=2), sample(128, 128, seed=3)]
     out = collate(batch)
-    assert isinstance(out, Batch) and out.images.shape == (3, 3, 384, 384) and out.images.dtype == torch.float32
+    assert isinstance(out, Batch) and out.images.shape == (3, 3, 288, 320) and out.images.dtype == torch.float32
     assert out.image_sizes == [(100, 300), (257, 64), (128, 128)]
     for i, (image, target) in enumerate(batch):
         h, w = out.image_sizes[i]
@@ -141,9 +141,9 @@ def test_collate_pads_to_multiples_of_128_with_zeros():
         padded[:, :h, :w] = False
         assert bool((out.images[i][padded] == 0).all())
         assert out.targets[i] is target
-    custom = functools.partial(collate, size_divisible=32)(batch)
-    assert custom.images.shape == (3, 3, 288, 320)
-    assert collate([sample(128, 256)]).images.shape == (1, 3, 128, 256)  # exact multiples get no padding
+    custom = functools.partial(collate, size_divisible=128)(batch)
+    assert custom.images.shape == (3, 3, 384, 384)
+    assert collate([sample(160, 96)]).images.shape == (1, 3, 160, 96)  # exact multiples get no padding
 
 
 def test_batch_to_moves_every_tensor():

@@ -5,7 +5,7 @@ and describes its evaluation ground truth in COCO format (``coco_ground_truth()`
 
 * :class:`Shapes` — the built-in synthetic dataset (no files needed), the default everywhere;
 * :class:`CocoDataset` — a COCO-format folder; :class:`VOCDataset` — PASCAL VOC;
-* :mod:`~fl_lab.data.transforms` — resize, flip, and batching (normalise, pad to 128);
+* :mod:`~fl_lab.data.transforms` — resize, flip, and batching (normalise, pad to a multiple of 32);
 * :func:`download` — fetch COCO or VOC archives (``python -m fl_lab.data.archives --help``).
 """
 

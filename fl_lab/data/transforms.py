@@ -6,7 +6,7 @@ image's pixels. Transforms never modify their inputs in place (datasets may cach
 RetinaNet trains with resizing and horizontal flips only (paper §4.1).
 
 Batching: ``DataLoader(dataset, batch_size=B, collate_fn=collate)`` gives a :class:`Batch`.
-For another padding multiple pass ``functools.partial(collate, size_divisible=32)``.
+For another padding multiple pass ``functools.partial(collate, size_divisible=128)``.
 """
 
 from __future__ import annotations
@@ -187,11 +187,14 @@ class Batch:
         return Batch(self.images.to(device, non_blocking=non_blocking), targets, list(self.image_sizes))
 
 
-def collate(batch: Sequence[tuple[Tensor, Target]], size_divisible: int = 128) -> Batch:
+def collate(batch: Sequence[tuple[Tensor, Target]], size_divisible: int = 32) -> Batch:
     """Normalise, then pad to a common (H, W), each a multiple of ``size_divisible``.
 
-    128 is the stride of P7, so the feature maps of every level P3–P7 tile the padded image
-    exactly and the anchors of all levels line up with the pixels.
+    32 is C5's stride (detectron2's FPN pads to it): C3, C4 and C5 then halve exactly, as FPN's
+    top-down merge needs, and P6, P7 follow by ceil (:meth:`AnchorGenerator.feature_sizes`).
+    Padding further (to P7's 128) would add anchors on the padding, every one an easy negative: a
+    160 px image padded to 256 would carry 2.6 times its anchors, and the imbalance an experiment
+    sets through the image size would not be the one it trains with.
     """
     if len(batch) == 0 or size_divisible < 1:
         raise ValueError(f"collate needs a non-empty batch and size_divisible >= 1, got {len(batch)}, {size_divisible}")

@@ -241,7 +241,7 @@ def coverage_figure(best_iou: dict[str, Tensor], imbalance: dict[str, float], fg
     bars.set_xscale("log")
     bars.set_xlim(1, 30_000)
     bars.set_yticks(y, names)
-    bars.set(xlabel="negative anchors per positive anchor (log scale)", title="the imbalance")
-    bars.legend(loc="lower right", fontsize="small")
+    bars.set(xlabel="negatives per positive anchor (log scale)", title="the imbalance")
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small")  # below: clear of the bar labels
     fig.suptitle(title)
     return fig

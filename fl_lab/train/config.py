@@ -44,6 +44,9 @@ class Config:
                                   "IoU >= 0.5)")
     max_object_size: Optional[float] = _opt(None, "Shapes: largest object side in pixels, the square root of its "
                                             "frame's area (none: three quarters of the image)")
+    input_size: Optional[int] = _opt(None, "Shapes: resize every image and its boxes to this side before the model "
+                                     "sees it, the paper's input scale (Figure 2); AP is still measured in the "
+                                     "image's own pixels (none: the image side)")
     # model
     backbone: str = _opt("resnet18", ", ".join(BACKBONES), choices=tuple(BACKBONES))
     fpn_channels: int = _opt(256, "channels of P3-P7 and the heads (paper: 256)")
@@ -134,6 +137,8 @@ class Config:
         for name in ("warmup", "workers", "checkpoint_every", "head_convs", "min_objects", "seed", "max_objects"):
             integer(name, 0)
         integer("image_size", 32)
+        if self.input_size is not None:
+            integer("input_size", 32)
         integer("val_images", 1 if self.evaluate else 0)
         need(self.max_objects >= self.min_objects, "max_objects", f"at least --min-objects ({self.min_objects})")
         if self.dataset == "shapes":

@@ -35,7 +35,8 @@ def datasets(config: Config) -> tuple:
         make = partial(Shapes, image_size=config.image_size, num_classes=config.num_classes,
                        min_objects=config.min_objects, max_objects=config.max_objects,
                        empty_fraction=config.empty_fraction, min_size=config.min_object_size,
-                       max_size=config.max_object_size)
+                       max_size=config.max_object_size,
+                       transform=Resize(config.input_size, config.input_size) if config.input_size else None)
         return make(config.train_images, seed=config.seed), make(config.val_images, seed=config.seed + 10_000)
     resize = Resize(config.image_size, config.max_size)
     root = Path(config.data_root)
