@@ -376,7 +376,7 @@ def test_input_size_resizes_the_same_shapes_images_and_their_boxes():
     resized = dataclasses.replace(made, input_size=96)
     for plain, scaled in zip(datasets(made), datasets(resized), strict=True):
         for i in range(len(plain)):
-            (image, target), (small, small_target) = plain[i], scaled[i]
+            (_, target), (small, small_target) = plain[i], scaled[i]
             assert tuple(small.shape) == (3, 96, 96) and small_target["scale"] == (0.75, 0.75)
             torch.testing.assert_close(small_target["boxes"], target["boxes"] * 0.75)  # the same objects
             assert torch.equal(small_target["labels"], target["labels"])
