@@ -236,7 +236,7 @@ def test_dataloader_end_to_end(tmp_path):
     flip = RandomHorizontalFlip(0.5, generator=torch.Generator().manual_seed(0))
     ds = dataset(tmp_path, transform=Compose([Resize(min_size=40, max_size=64), flip]))
     batches = list(DataLoader(ds, batch_size=2, collate_fn=collate))
-    assert [b.images.shape for b in batches] == [(2, 3, 128, 128), (1, 3, 128, 128)]
+    assert [b.images.shape for b in batches] == [(2, 3, 64, 64), (1, 3, 64, 64)]  # padded to 32s
     assert batches[0].image_sizes == [(40, 60), (40, 60)] and batches[1].image_sizes == [(40, 40)]
     first = batches[0].targets[0]
     assert first["image_id"] == 1 and first["orig_size"] == (20, 30) and first["scale"] == (2.0, 2.0)

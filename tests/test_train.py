@@ -51,7 +51,7 @@ def tiny_model(prior=0.01):
 
 
 def test_training_reduces_the_loss_on_a_small_shapes_subset():
-    data = Shapes(8, image_size=96, num_classes=3, max_objects=6)
+    data = Shapes(8, image_size=128, num_classes=3, max_objects=6)
     batch = collate([data[i] for i in range(8)])
     model = tiny_model()
 
