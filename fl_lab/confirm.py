@@ -46,8 +46,8 @@ from .study import measure_imbalance
 from .train import PRESETS, Config
 
 __all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "MANY_OBJECTS_ARMS", "REGIMES", "ArmOutcome", "Regime",
-           "Search", "explore_then_confirm", "format_confirmation", "format_outcomes", "lessons_base",
-           "load_results", "main", "many_objects_base"]
+           "RegimeGap", "Search", "explore_then_confirm", "format_confirmation", "format_gaps", "format_outcomes",
+           "gap_figure", "lessons_base", "load_gap", "load_results", "main", "many_objects_base"]
 
 EXPLORE_SEEDS = (0, 1, 2)
 CONFIRM_SEEDS = (100, 101, 102, 103, 104)  # declared before any confirmation ran; never extended in place
@@ -198,11 +198,71 @@ def figure(outcomes: Sequence[ArmOutcome], title: str):
     return fig
 
 
+@dataclass
+class RegimeGap:
+    """One regime's confirmed comparison, read back from its ``confirm.json``: where it was made
+    (objects per image, negatives per positive) and the first arm's paired claim over the second."""
+
+    regime: str
+    objects: tuple[int, int]
+    imbalance: float
+    outcomes: list[ArmOutcome]
+
+    @property
+    def claim(self) -> Claim:
+        return claims(self.outcomes)[0]
+
+
+def load_gap(path: str | Path) -> RegimeGap:
+    """A :class:`RegimeGap` from a ``confirm.json`` written with ``--regime``."""
+    saved = read_results(path, "python -m fl_lab.confirm")
+    if "imbalance" not in saved:
+        raise ValueError(f"{path}: written before confirm.json recorded its regime and imbalance; run "
+                         "python -m fl_lab.confirm --results again (finished runs are read back)")
+    base = saved["base"]
+    return RegimeGap(saved["regime"], (base["min_objects"], base["max_objects"]), saved["imbalance"],
+                     load_results(path))
+
+
+def format_gaps(gaps: Sequence[RegimeGap]) -> str:
+    """One line per regime: objects per image, imbalance, each arm's choice and the confirmed verdict."""
+    lines = [f"{'regime':<20}{'objects':>8}{'neg:pos':>9}   claim on the confirmation seeds"]
+    for g in sorted(gaps, key=lambda g: g.imbalance):
+        claim = g.claim
+        lines.append(f"{g.regime:<20}{_count(g.objects):>8}{g.imbalance:>7.0f}:1   {claim.verdict} — {claim.detail}")
+    return "\n".join(lines)
+
+
+def _count(objects: tuple[int, int]) -> str:
+    low, high = objects
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def gap_figure(gaps: Sequence[RegimeGap]):
+    """:func:`fl_lab.plots.gap_figure` of the confirmed gap against the imbalance: each arm at its choice."""
+    from . import plots
+
+    points = [(g.imbalance, g.outcomes[0].confirmed.stats().values, g.outcomes[1].confirmed.stats().values)
+              for g in gaps]
+    first, second = gaps[0].outcomes[0].arm, gaps[0].outcomes[1].arm
+    counts = {_count(g.objects) for g in gaps}
+    what = f"{counts.pop()} objects per image" if len(counts) == 1 else "object counts differ"
+    return plots.gap_figure(points, xlabel="negative anchors per positive anchor (log scale)", log_x=True,
+                            names=(f"{first} (its α)", f"{second} (its α)"),
+                            title=f"{first} − {second} on the confirmation seeds against the imbalance ({what})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = experiment_parser("python -m fl_lab.confirm", __doc__, "runs/confirm")
     parser.add_argument("--regime", choices=list(REGIMES), default="lessons",
                         help="the data the losses are compared on (default: lessons)")
+    parser.add_argument("--gaps", nargs="+", default=None, metavar="RESULTS",
+                        help="read the confirm.json of these results folders (made with --regime) and report the "
+                             "confirmed gap against the imbalance, training nothing; with --results, write gaps.txt, "
+                             "gaps.json and gaps.png there")
     args = parser.parse_args(argv)
+    if args.gaps:
+        return _report_gaps(parser, args, argv)
     regime = REGIMES[args.regime]
     base = regime.base()
     start = time.perf_counter()
@@ -226,6 +286,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         figure(outcomes, f"FL against α-CE, each at its choice ({len(CONFIRM_SEEDS)} confirmation seeds)\n"
                          f"{regime.description}, {imbalance:.0f} : 1").savefig(
             Path(args.results) / "confirm.png", dpi=100)
+    return 0
+
+
+def _report_gaps(parser, args, argv) -> int:
+    gaps = run_or_exit(parser, args.debug, lambda: [load_gap(Path(folder) / "confirm.json") for folder in args.gaps])
+    text = format_gaps(gaps)
+    print(text)
+    if args.results:
+        write_results(args.results, "gaps", command_line(parser, argv), text, {
+            "regimes": [{"regime": g.regime, "results": str(folder), "objects": list(g.objects),
+                         "imbalance": g.imbalance, "claim": dataclasses.asdict(g.claim)}
+                        for g, folder in zip(gaps, args.gaps, strict=True)]})
+        gap_figure(gaps).savefig(Path(args.results) / "gaps.png", dpi=100)
     return 0
 
 

@@ -58,6 +58,28 @@ def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, c
     assert saved["regime"] == "lessons" and saved["imbalance"] > 1
     assert f"{saved['imbalance']:.0f} negative anchors per positive" in printed
 
+    # --gaps reads regimes back (here the same runs filed as a second, sparser regime) and trains nothing
+    sparser = tmp_path / "sparser"
+    sparser.mkdir()
+    sparse = {**saved, "regime": "sparser", "imbalance": 4 * saved["imbalance"]}
+    (sparser / "confirm.json").write_text(json.dumps(sparse))
+    assert confirm.main(["--gaps", str(tmp_path / "res"), str(sparser), "--results", str(tmp_path / "gaps")]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    verdict = saved["claims"][0]["verdict"]
+    assert lines[1].startswith("lessons") and lines[2].startswith("sparser")  # by imbalance, low to high
+    assert f"{saved['imbalance']:.0f}:1   {verdict} — " in lines[1] and f"{4 * saved['imbalance']:.0f}:1" in lines[2]
+    gaps = json.loads((tmp_path / "gaps" / "gaps.json").read_text())
+    assert [g["regime"] for g in gaps["regimes"]] == ["lessons", "sparser"]
+    assert all(g["claim"]["verdict"] == verdict for g in gaps["regimes"])
+    assert (tmp_path / "gaps" / "gaps.png").stat().st_size > 1000
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "confirm.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "imbalance"}))
+    with pytest.raises(SystemExit) as exit_info:
+        confirm.main(["--gaps", str(old)])
+    assert exit_info.value.code == 2 and "recorded its regime and imbalance" in capsys.readouterr().err
+
 
 def test_the_many_objects_regimes_differ_only_in_the_canvas():
     large, small = confirm.REGIMES["many-objects"].base(), confirm.REGIMES["many-objects-small"].base()
