@@ -103,7 +103,7 @@ class Regime:
 
 #: ``--regime``'s choices.
 REGIMES = {
-    "lessons": Regime("the lessons' regime (one object per image)", lambda: lessons_base(), LESSONS_ARMS),
+    "lessons": Regime("the lessons' regime (one object per image)", lessons_base, LESSONS_ARMS),
     "many-objects": Regime("3–5 objects per image on 320 px canvases", lambda: many_objects_base(320),
                            MANY_OBJECTS_ARMS),
     "many-objects-small": Regime("the same 3–5 objects on 160 px canvases", lambda: many_objects_base(160),
