@@ -113,8 +113,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     from scratch unless ``backbone_weights`` says otherwise (``"pretrained"`` fine-tunes as the preset does).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
-    preset, the lessons' regime (about 1½ minutes a run), whose runs are the study's pretrained
-    one-object row when the file is the study's (``runs/pretrain/resnet18_shapes.pt``).
+    preset, the lessons' regime (about 2 minutes a run; lr 0.01 since 2026-12-07, 0.02 before).
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
@@ -124,7 +123,7 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
         base = {**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
                 "val_images": 250, **every}
     else:
-        base = {**PRESETS["cpu-fast"], **every}
+        base = {**PRESETS["cpu-fast" if backbone_weights is None else "cpu-pretrained"], **every}
     return Config(**{**base, "backbone_weights": backbone_weights})
 
 

@@ -16,7 +16,7 @@ from fl_lab.data.shapes import Shapes
 from fl_lab.data.transforms import Resize
 from fl_lab.evaluate import METRICS, coco_eval, evaluate, predict
 from fl_lab.model import RetinaNet
-from fl_lab.plots.detections import detections_figure
+from fl_lab.plots.detections import detections_figure, label_positions
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +221,24 @@ def test_detections_figure_draws_what_passes_the_threshold():
     assert legend == [dataset.class_names[k] for k in sorted(shown)] + ["ground truth"]
     assert fig.get_suptitle() == "Shapes"
     fig.canvas.draw()
+
+
+def test_tags_of_boxes_sharing_a_corner_are_stacked_and_lone_tags_stay_at_their_corner():
+    corners = [(10.0, 20.0), (11.0, 21.0), (12.0, 19.0), (60.0, 20.0), (10.0, 90.0)]
+    tags = label_positions(corners, width=30.0, height=6.0)
+    # the first tag, and tags far from every other, sit at their own box's corner
+    assert tags[0] == (10.0, 20.0) and tags[3] == (60.0, 20.0) and tags[4] == (10.0, 90.0)
+    # the near-duplicates move down (into their boxes) a line at a time, x unchanged: 21 clashes with 20 → 27;
+    # 19 clashes with 20 → 25, with 27 → 31, still with 27 → 37
+    assert tags[1] == (11.0, 27.0) and tags[2] == (12.0, 37.0)
+    for i, (x, y) in enumerate(tags):  # no two tags overlap
+        for u, v in tags[:i]:
+            assert abs(x - u) >= 30.0 or abs(y - v) >= 6.0
+    image = torch.rand(3, 100, 100)
+    det = {"boxes": torch.tensor([[10.0, 20, 50, 60], [11, 21, 50, 60]]), "scores": torch.tensor([0.9, 0.8]),
+           "labels": torch.tensor([0, 1])}
+    ax = detections_figure([image], [det], ["circle", "ring"]).axes[0]
+    assert [t.get_position() for t in ax.texts] == [(10.0, 20.0), (11.0, 27.0)]  # 0.06 × 100 px: one line
 
 
 def test_detections_figure_with_nothing_over_the_threshold():

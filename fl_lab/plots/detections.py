@@ -51,9 +51,9 @@ def detections_figure(
         scores, labels = torch.as_tensor(det["scores"]).cpu()[keep], torch.as_tensor(det["labels"]).cpu()[keep]
         colors = [f"C{k % 10}" for k in labels.tolist()]
         _draw(ax, boxes, label="detections", colors=colors, lw=1.5)
-        for (x1, y1, _, _), score, k, color in zip(boxes.tolist(), scores.tolist(), labels.tolist(), colors,
-                                                   strict=True):
-            ax.text(x1, y1, f"{class_names[k]} {score:.2f}", color="white", fontsize="xx-small", va="bottom",
+        tags = label_positions(boxes[:, :2].tolist(), width=0.3 * image.shape[2], height=0.06 * image.shape[1])
+        for (x, y), score, k, color in zip(tags, scores.tolist(), labels.tolist(), colors, strict=True):
+            ax.text(x, y, f"{class_names[k]} {score:.2f}", color="white", fontsize="xx-small", va="bottom",
                     clip_on=True, bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
         shown.update(labels.tolist())
         image_id = det.get("image_id", i)
@@ -70,6 +70,21 @@ def detections_figure(
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * columns))
     fig.suptitle(title)
     return fig
+
+
+def label_positions(corners: Sequence[Sequence[float]], width: float, height: float) -> list[tuple[float, float]]:
+    """Where each box's tag goes: at its top-left corner (x1, y1), or, when an earlier tag (of a higher
+    score, as detections come) would cover it, moved down a line until none does. Duplicate boxes of
+    different classes sit at nearly one corner, and their tags would otherwise print over each other.
+
+    corners: (D, 2) top-left corners in pixels (y grows downwards); width, height: a tag's size in pixels.
+    """
+    placed: list[tuple[float, float]] = []
+    for x, y in corners:
+        while any(abs(x - px) < width and abs(y - py) < height for px, py in placed):
+            y += height
+        placed.append((x, y))
+    return placed
 
 
 def precision_recall_figure(recall: Tensor, precision: Tensor, levels: Tensor, interpolated: Tensor,
