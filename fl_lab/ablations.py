@@ -4,9 +4,15 @@ A row is an :class:`fl_lab.experiment.Arm`: the base configuration changed in a 
 the loss, γ, α, OHEM's settings or the prior initialisation -- trained over several seeds
 (:func:`fl_lab.experiment.run_arm`) and scored by the same COCO AP. :func:`run_ablations`
 keeps each run's folder, so a second call reads finished runs back instead of training them
-again. :func:`check_orderings` tests the paper's conclusions on the results, each against
-its seed-to-seed noise: FL (γ = 2) beats the best α-balanced CE (Table 1a/b) and the best
-OHEM (Table 1d), and CE without the prior initialisation fails (§3.3, §5.1).
+again. :func:`check_orderings` tests the paper's conclusions on the results, seed by seed:
+FL (γ = 2) beats the best α-balanced CE (Table 1a/b) and the best OHEM (Table 1d), CE without
+the prior initialisation fails (§3.3, §5.1), and 3 × 3 anchors beat 1 × 1 (Table 1c).
+
+The grid runs on the exploration seeds, which choose "the best" rows; judged there, the claims
+flatter those rows. ``--confirm`` (:func:`confirm_claims`) trains the rows the claims compare on
+the confirmation seeds (:data:`fl_lab.experiment.CONFIRM_SEEDS`) and judges them there, once:
+
+    python -m fl_lab.ablations --backbone-weights shapes --confirm --out runs/table1 --results results/table1_cpu
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from tqdm.auto import tqdm
 
 from .analysis import NOT_TESTED, Claim, compare_seeds
 from .experiment import (
+    CONFIRM_SEEDS,
+    EXPLORE_SEEDS,
     Arm,
     ArmResult,
     command_line,
@@ -34,6 +42,8 @@ from .train import PRESETS, Config
 
 __all__ = [
     "check_orderings",
+    "claim_rows",
+    "confirm_claims",
     "figure_rows",
     "format_table",
     "load_results",
@@ -44,8 +54,8 @@ __all__ = [
 ]
 
 
-SEEDS = (0, 1, 2)
-"""The seeds of every seeded result of the kit (never chosen after seeing results)."""
+SEEDS = EXPLORE_SEEDS
+"""The grid's seeds: the exploration seeds, on which its best rows are chosen (:func:`claim_rows`)."""
 
 # The groups of Table 1 that the kit reproduces (c, anchors, is lesson 02's subject).
 ALPHA_CE, FOCAL, ANCHORS, OHEM, PRIOR = ("(a) α-balanced CE", "(b) focal loss", "(c) anchors: #scales × #ratios",
@@ -113,7 +123,8 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     from scratch unless ``backbone_weights`` says otherwise (``"pretrained"`` fine-tunes as the preset does).
     backbone_weights: fine-tune every run from these weights instead (§4.1): a file made by
     ``python -m fl_lab.pretrain``, or ``"shapes"`` -- on a CPU that base is the ``cpu-pretrained``
-    preset, the lessons' regime (about 2 minutes a run; lr 0.01 since 2026-12-07, 0.02 before).
+    preset, the lessons' regime (about 2 minutes a run; lr 0.01 since 2026-12-07, 0.02 before), scored
+    on 500 validation images.
     """
     every = {"log_every": 10, "checkpoint_every": 0}  # lesson 06 plots each run's curve; last.pt at the end only
     if fast:
@@ -122,8 +133,10 @@ def table1_base(gpu: bool, fast: bool = False, backbone_weights: Optional[str] =
     elif gpu:
         base = {**PRESETS["gpu"], "image_size": 256, "steps": 1000, "warmup": 100, "train_images": 8000,
                 "val_images": 250, **every}
-    else:
-        base = {**PRESETS["cpu-fast" if backbone_weights is None else "cpu-pretrained"], **every}
+    elif backbone_weights is None:
+        base = {**PRESETS["cpu-fast"], **every}
+    else:  # the lessons' regime, scored on 500 images as results/confirm is: its runs are this grid's rows too
+        base = {**PRESETS["cpu-pretrained"], "val_images": 500, **every}
     return Config(**{**base, "backbone_weights": backbone_weights})
 
 
@@ -209,9 +222,35 @@ def check_orderings(results: Sequence[ArmResult]) -> list[Claim]:
     return claims
 
 
-def load_results(path: str | Path) -> list[ArmResult]:
-    """The rows of a ``table1.json`` written by ``python -m fl_lab.ablations --results`` (what lessons read)."""
-    return [ArmResult.from_json(r) for r in read_results(path, "python -m fl_lab.ablations")["rows"]]
+def claim_rows(results: Sequence[ArmResult]) -> list[Arm]:
+    """The rows :func:`check_orderings` compares, as the grid ``results`` choose them: FL γ = 2, the best
+    α-CE and the best OHEM (highest mean AP), CE without the prior, anchors 1 × 1 — those in the grid.
+
+    A claim judged on the seeds its rows were chosen on flatters them, so :func:`confirm_claims`
+    trains these rows again on other seeds."""
+    chosen = [FL_GAMMA_2.name, *(r.name for r in (_best(results, ALPHA_CE), _best(results, OHEM)) if r is not None),
+              NO_PRIOR.name, _anchors(1, 1, 30.3).name]
+    arms = {r.name: r.arm for r in results}
+    return [arms[name] for name in chosen if name in arms]
+
+
+def confirm_claims(results: Sequence[ArmResult], base: Config, out: str | Path,
+                   seeds: Sequence[int] = CONFIRM_SEEDS, progress: bool = True) -> list[ArmResult]:
+    """:func:`claim_rows` of the grid ``results`` trained on the confirmation ``seeds``, in the grid's
+    folders (read back when made); :func:`check_orderings` of them is the verdict, read once."""
+    explored = {r.seed for result in results for r in result.runs}
+    if explored & set(seeds):
+        raise ValueError(f"the confirmation seeds {tuple(seeds)} must differ from the grid's {sorted(explored)}")
+    return run_ablations(claim_rows(results), base, out, seeds, progress=progress)
+
+
+def load_results(path: str | Path, confirmed: bool = False) -> list[ArmResult]:
+    """The rows of a ``table1.json`` written by ``python -m fl_lab.ablations --results`` (what lessons read);
+    ``confirmed``: the rows its claims were judged on, trained on the confirmation seeds (``--confirm``)."""
+    saved = read_results(path, "python -m fl_lab.ablations")
+    if confirmed and "confirmed" not in saved:
+        raise ValueError(f"{path}: made without --confirm; its claims were judged on the seeds that chose its rows")
+    return [ArmResult.from_json(r) for r in saved["confirmed" if confirmed else "rows"]]
 
 
 def figure_rows(results: Sequence[ArmResult]) -> list[dict]:
@@ -221,13 +260,20 @@ def figure_rows(results: Sequence[ArmResult]) -> list[dict]:
              "paper": r.arm.paper[0] if r.arm.paper else None, "diverged": len(r.diverged)} for r in results]
 
 
-def save_figure(results: Sequence[ArmResult], folder: str | Path, device: str, seeds: int) -> Path:
-    """``table1.png`` in ``folder``: :func:`fl_lab.plots.ablations_figure` of the grid."""
+def save_figure(results: Sequence[ArmResult], folder: str | Path, device: str, seeds: int,
+                confirmed: Sequence[ArmResult] = ()) -> Path:
+    """``table1.png`` in ``folder``: :func:`fl_lab.plots.ablations_figure` of the grid; with ``confirmed``
+    rows also ``table1_confirmed.png``, those rows as one group, each confirmation seed joined across them."""
     from . import plots
 
     path = Path(folder) / "table1.png"
     plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {seeds} seeds)"
                            ).savefig(path, dpi=100)
+    if confirmed:
+        seeds = ", ".join(str(r.seed) for r in confirmed[0].runs)
+        rows = [{**row, "group": f"confirmation seeds {seeds}"} for row in figure_rows(confirmed)]
+        plots.ablations_figure(rows, title=f"The rows Table 1's claims compare, on the confirmation seeds ({device})"
+                               ).savefig(Path(folder) / "table1_confirmed.png", dpi=100)
     return path
 
 
@@ -246,6 +292,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (the GPU base when CUDA is present), cpu or cuda")
     parser.add_argument("--rows", default=None, help="comma-separated row names to run (default: the whole grid), "
                         "e.g. \"FL γ=2 α=0.25,α-CE α=0.75\"")
+    parser.add_argument("--confirm", action="store_true",
+                        help="then train the rows the claims compare (FL γ=2; the best α-CE and OHEM, chosen on the "
+                        f"grid; CE without the prior; anchors 1×1) on the confirmation seeds "
+                        f"{','.join(map(str, CONFIRM_SEEDS))} and judge the claims there, once")
     parser.add_argument("--backbone-weights", default=None, metavar="FILE",
                         help="fine-tune every run from these backbone weights (python -m fl_lab.pretrain makes them) "
                         "or 'shapes' (the lessons' cpu-pretrained regime; made once into the torch hub cache); "
@@ -271,20 +321,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                device=args.device)
     start = time.perf_counter()
     results = run_or_exit(parser, args.debug, lambda: run_ablations(grid, base, args.out, seeds))
+    confirmed = (run_or_exit(parser, args.debug, lambda: confirm_claims(results, base, args.out, CONFIRM_SEEDS))
+                 if args.confirm else [])
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if gpu else "CPU"
-    made = sum(r.seconds for a in results for r in a.runs)
-    text = "\n\n".join([f"{len(results)} rows × {len(seeds)} seeds of {base.steps} iterations on {device}: "
-                         f"{made / 60:.0f} min of training and evaluation when the runs were made",
-                        format_table(results), format_claims(check_orderings(results))])
+    made = sum(r.seconds for a in [*results, *confirmed] for r in a.runs)
+    claims = check_orderings(confirmed or results)
+    parts = [f"{len(results)} rows × {len(seeds)} seeds of {base.steps} iterations on {device}"
+             + (f", then {len(confirmed)} rows × {len(CONFIRM_SEEDS)} confirmation seeds" if confirmed else "")
+             + f": {made / 60:.0f} min of training and evaluation when the runs were made",
+             f"the grid, seeds {', '.join(map(str, seeds))}", format_table(results)]
+    if confirmed:
+        parts += [f"the rows the claims compare (chosen on the grid), confirmation seeds "
+                  f"{', '.join(map(str, CONFIRM_SEEDS))}", format_table(confirmed)]
+    else:
+        parts.append("claims judged on the seeds that chose the best rows (exploratory; --confirm judges them on "
+                     "other seeds):")
+    text = "\n\n".join([*parts, format_claims(claims)])
     print(text)
     if args.results:
         folder = Path(args.results)
         write_results(folder, "table1", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
             "rows": [r.to_json() for r in results],
-            "claims": [dataclasses.asdict(c) for c in check_orderings(results)]})
-        save_figure(results, folder, device, len(seeds))
+            **({"confirm_seeds": list(CONFIRM_SEEDS), "confirmed": [r.to_json() for r in confirmed]}
+               if confirmed else {}),
+            "claims": [dataclasses.asdict(c) for c in claims]})
+        save_figure(results, folder, device, len(seeds), confirmed)
     return 0
 
 

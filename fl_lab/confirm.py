@@ -32,6 +32,8 @@ from typing import Callable, Optional, Sequence
 
 from .analysis import Claim, compare_seeds, format_claims
 from .experiment import (
+    CONFIRM_SEEDS,
+    EXPLORE_SEEDS,
     Arm,
     ArmResult,
     command_line,
@@ -49,8 +51,6 @@ __all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "MANY_OBJECTS_ARMS"
            "RegimeGap", "Search", "explore_then_confirm", "format_confirmation", "format_gaps", "format_outcomes",
            "gap_figure", "lessons_base", "load_gap", "load_results", "main", "many_objects_base"]
 
-EXPLORE_SEEDS = (0, 1, 2)
-CONFIRM_SEEDS = (100, 101, 102, 103, 104)  # declared before any confirmation ran; never extended in place
 LEARNING_RATES = (0.01, 0.02, 0.04)
 
 

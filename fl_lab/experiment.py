@@ -28,9 +28,15 @@ from torch import nn
 from .analysis import SeedStats
 from .train import Config, Diverged, backbone_weights_file, run
 
-__all__ = ["RECORD", "Arm", "ArmResult", "RunRecord", "command_line", "describe_loss", "experiment_parser",
-           "parse_seeds", "read_results", "run_arm", "run_once", "run_or_exit", "run_seeds", "seed_stats",
-           "slug", "write_results"]
+__all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "RECORD", "Arm", "ArmResult", "RunRecord", "command_line",
+           "describe_loss", "experiment_parser", "parse_seeds", "read_results", "run_arm", "run_once", "run_or_exit",
+           "run_seeds", "seed_stats", "slug", "write_results"]
+
+#: Explore, then confirm: settings are chosen (and grids described) on the exploration seeds; what a
+#: claim compares is then trained on the confirmation seeds, declared before any confirmation ran
+#: and never extended in place, and judged there once (:mod:`fl_lab.confirm`, ``ablations --confirm``).
+EXPLORE_SEEDS = (0, 1, 2)
+CONFIRM_SEEDS = (100, 101, 102, 103, 104)
 
 RECORD = "run.json"
 _TAIL = 20  # the final losses are averaged over the last this many steps run
@@ -79,9 +85,10 @@ def _final_losses(history: Sequence[dict]) -> dict:
 
 def _same_run(saved: dict, config: Config) -> bool:
     """Whether a saved configuration is ``config`` (:meth:`Config.from_json` reads it: any field the
-    kit gained since then at its default, as the run was made)."""
+    kit gained since then at its default, as the run was made). The folder it was made in does not
+    count: a run copied or linked into another experiment's folder is the same run."""
     try:
-        return Config.from_json(saved, RECORD) == config
+        return dataclasses.replace(Config.from_json(saved, RECORD), out=config.out) == config
     except (ValueError, TypeError):
         return False
 
@@ -100,7 +107,7 @@ def run_once(config: Config, progress: bool = True, rerun: bool = False,
     if not rerun and record.is_file():
         saved = json.loads(record.read_text())
         if _same_run(saved["config"], config):
-            return RunRecord(**{**saved, "config": dataclasses.asdict(config)})
+            return RunRecord(**{**saved, "config": dataclasses.asdict(config), "out": config.out})
     start = time.perf_counter()
     try:
         outcome = run(config, progress=progress, build=build)

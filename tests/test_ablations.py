@@ -2,13 +2,14 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from fl_lab import plots
+from fl_lab import ablations, confirm, plots
 from fl_lab.ablations import check_orderings, figure_rows, format_table, run_ablations, table1_base, table1_grid
 from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, format_claims
-from fl_lab.experiment import Arm, ArmResult, RunRecord
+from fl_lab.experiment import Arm, ArmResult, RunRecord, slug
 from fl_lab.train import PRESETS, Config
 
 
@@ -128,15 +129,15 @@ def test_pretrained_base_is_the_lessons_regime():
     pretrained = table1_base(gpu=False, backbone_weights="shapes")
     lesson = Config(**PRESETS["cpu-pretrained"])
     assert pretrained.backbone_weights == "shapes" and table1_base(gpu=False).backbone_weights is None
-    # the grid's base is the lessons' preset, logged more often and without mid-run checkpoints
+    # the grid's base is the lessons' preset, logged more often, without mid-run checkpoints, on 500
+    # validation images: results/confirm's base, so that its runs are rows of this grid
     assert dataclasses.replace(pretrained, log_every=lesson.log_every, checkpoint_every=lesson.checkpoint_every,
-                               out=lesson.out) == lesson
+                               val_images=lesson.val_images, out=lesson.out) == lesson
+    assert dataclasses.replace(pretrained, out="x") == dataclasses.replace(confirm.lessons_base(), out="x")
     assert table1_base(gpu=True, backbone_weights="w.pt").backbone_weights == "w.pt"
 
 
 def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys):
-    from fl_lab import ablations
-
     monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False, backbone_weights=None:
                         tiny(tmp_path / "base", steps=2))
     monkeypatch.setattr(ablations, "table1_grid",
@@ -165,9 +166,49 @@ def test_command_line_writes_table_json_and_figure(tmp_path, monkeypatch, capsys
 NO_PRIOR_NAME = "CE without prior init"
 
 
-def test_command_line_says_what_is_wrong_with_seeds(capsys):
-    from fl_lab import ablations
+def test_the_claims_rows_are_chosen_on_the_grid_by_mean_ap():
+    grid = {a.name: a for a in table1_grid()}
+    rows = [result(grid[name], aps) for name, aps in (
+        ("α-CE α=0.5", [0.30, 0.20, 0.10]), ("α-CE α=0.75", [0.21, 0.21, 0.21]),  # means .20 and .21
+        ("FL γ=1 α=0.25", [0.5, 0.5, 0.5]), ("FL γ=2 α=0.25", [0.4, 0.4, 0.4]),
+        ("OHEM B=128 nms=0.5", [0.3, 0.3, 0.3]), ("OHEM B=256 nms=0.7", [0.31, 0.3, 0.3]),
+        ("anchors 3×1 (FL γ=2)", [0.4, 0.4, 0.4]), ("CE without prior init", [0.0, 0.0, 0.0]))]
+    # FL γ=2 whatever the better γ; α-CE .75 and OHEM B=256 by their means; no 1×1 row in this grid
+    assert [a.name for a in ablations.claim_rows(rows)] == [
+        "FL γ=2 α=0.25", "α-CE α=0.75", "OHEM B=256 nms=0.7", "CE without prior init"]
+    with pytest.raises(ValueError, match="must differ from the grid's"):
+        ablations.confirm_claims(rows, Config(), "nowhere", seeds=(2, 100))
 
+
+def test_command_line_confirms_the_claims_on_other_seeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ablations, "table1_base", lambda gpu, fast=False, backbone_weights=None:
+                        tiny(tmp_path / "base", steps=2))
+    monkeypatch.setattr(ablations, "table1_grid", lambda fast=False: [
+        ablations.FL_GAMMA_2, ablations.alpha_ce(0.5), ablations.BEST_ALPHA_CE, ablations.NO_PRIOR])
+    monkeypatch.setattr(ablations, "CONFIRM_SEEDS", (7, 8))
+    assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                           "--seeds", "0,1", "--confirm"]) == 0
+    saved = json.loads((tmp_path / "res" / "table1.json").read_text())
+    grid = ablations.load_results(tmp_path / "res" / "table1.json")
+    best_ce = max(grid[1:3], key=lambda r: r.ap).name
+    confirmed = ablations.load_results(tmp_path / "res" / "table1.json", confirmed=True)
+    assert [r.name for r in confirmed] == ["FL γ=2 α=0.25", best_ce, NO_PRIOR_NAME]
+    assert saved["confirm_seeds"] == [7, 8] and {r.seed for c in confirmed for r in c.runs} == {7, 8}
+    assert all(Path(c.runs[0].out) == tmp_path / "runs" / slug(c.name) / "seed7" for c in confirmed)
+    # the claims are the confirmed rows' (their APs), not the grid's
+    assert saved["claims"] == [dataclasses.asdict(c) for c in check_orderings(confirmed)]
+    printed = capsys.readouterr().out
+    assert "confirmation seeds 7, 8" in printed and format_table(confirmed) in printed
+    assert (tmp_path / "res" / "table1_confirmed.png").stat().st_size > 1000
+    without = tmp_path / "res2"
+    assert ablations.main(["--device", "cpu", "--out", str(tmp_path / "runs"), "--results", str(without),
+                           "--seeds", "0,1"]) == 0  # read back, nothing trained
+    assert "exploratory" in capsys.readouterr().out and not (without / "table1_confirmed.png").exists()
+    with pytest.raises(ValueError, match="made without --confirm"):
+        ablations.load_results(without / "table1.json", confirmed=True)
+
+
+def test_command_line_says_what_is_wrong_with_seeds(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--seeds", "0,one"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
@@ -182,8 +223,6 @@ def test_command_line_says_what_is_wrong_with_seeds(capsys):
 
 
 def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
-    from fl_lab import ablations
-
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--fast", "--out", str(tmp_path / "file" / "runs")])  # --out under a file

@@ -65,6 +65,17 @@ def test_a_changed_config_trains_again_and_a_new_default_field_does_not(tmp_path
     assert not _same_run({**saved, "no_such_field": 1}, config)
 
 
+def test_a_run_linked_into_another_experiments_folder_is_read_back_from_there(tmp_path):
+    made = run_once(tiny(tmp_path / "study" / "seed0"), progress=False)
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "seed0").symlink_to(tmp_path / "study" / "seed0", target_is_directory=True)
+    linked = run_once(tiny(tmp_path / "grid" / "seed0"), progress=False)
+    assert linked.seconds == made.seconds and json.dumps(linked.metrics) == json.dumps(made.metrics)  # read back
+    assert linked.out == str(tmp_path / "grid" / "seed0") and linked.config["out"] == linked.out
+    assert _same_run(dataclasses.asdict(tiny("elsewhere")), tiny(tmp_path / "grid" / "seed0"))
+    assert not _same_run(dataclasses.asdict(tiny("elsewhere", seed=1)), tiny(tmp_path / "grid" / "seed0"))
+
+
 def test_bad_seeds_are_refused(tmp_path):
     for seeds in ((), (1, 1), (0.5,)):
         with pytest.raises(ValueError, match="seeds"):
