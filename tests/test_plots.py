@@ -137,13 +137,20 @@ def test_dataset_figure_draws_each_box_in_its_class_colour():
 
 def test_training_curves_figure_marks_a_diverged_run():
     histories = {"ok": [{"step": i, "total": 5.0 - i / 10} for i in range(10)],
-                 "bad": [{"step": i, "total": 5.0 * 10**i} for i in range(4)]}
+                 "bad": [{"step": i, "total": 5.0 * 10**i} for i in range(4)],
+                 # a log: every 10th step and the last one run (99 of 100): finished; one stopped at 50
+                 "logged": [{"step": i, "total": 1.0} for i in (*range(0, 100, 10), 99)],
+                 "logged, stopped": [{"step": i, "total": 1.0} for i in range(0, 60, 10)]}
     fig = plots.training_curves_figure(histories, total_steps=10, title="t")
     assert_labelled(fig, 1)
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["ok", "bad — diverged at step 4"]
+    assert labels[:2] == ["ok", "bad — diverged after step 3"]
+    logs = plots.training_curves_figure({k: histories[k] for k in ("logged", "logged, stopped")}, total_steps=100)
+    labels = [t.get_text() for t in logs.axes[0].get_legend().get_texts()]
+    assert labels == ["logged", "logged, stopped — diverged after step 50"]
+    assert sum(line.get_marker() == "x" for line in logs.axes[0].get_lines()) == 1
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [r["total"] for r in histories["ok"]])
 
 

@@ -36,16 +36,17 @@ def training_curves_figure(histories: Mapping[str, Sequence[dict]], key: str = "
                            title: str = "Training loss") -> Figure:
     """One line per run: ``history[i][key]`` against the step, on a log scale.
 
-    A run that stopped early (it diverged) ends in a red ×.
+    A history is every step's row or a log's (every few steps, and always the last one run), so a
+    run that did not reach step ``total_steps - 1`` stopped early — it diverged — and ends in a red ×.
     """
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     for name, history in histories.items():
         steps, values = [r["step"] for r in history], [r[key] for r in history]
         (line,) = ax.plot(steps, values, label=name)
-        if total_steps is not None and len(history) < total_steps:
+        if total_steps is not None and (not steps or steps[-1] < total_steps - 1):
             ax.plot(steps[-1:], values[-1:], "x", color="red", ms=12, mew=3)
-            line.set_label(f"{name} — diverged at step {len(history)}")
+            line.set_label(f"{name} — diverged after step {steps[-1] if steps else 'none'}")
     ax.set(yscale="log", xlabel="iteration", ylabel=f"loss ({key})", title=title)
     if total_steps is not None:
         ax.set_xlim(0, total_steps)
