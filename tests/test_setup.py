@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -211,3 +212,17 @@ def test_shrink_png_scales_down_only_large_figures():
     large = png(2000, 300, noise=True)  # ~1.8 MB of noise
     shrunk = Image.open(io.BytesIO(base64.b64decode(tools.shrink_png(large))))
     assert shrunk.format == "PNG" and shrunk.size == (1400, 210)
+
+
+def test_lessons_after_lesson_4_are_refreshed_with_its_backbone_already_cached(monkeypatch, tmp_path):
+    tools = load_tools_notebooks()
+    assert "shapes_weights(" in (ROOT / "notebooks" / tools.MAKES_BACKBONE).read_text()  # lesson 4 makes it
+    made = []
+    monkeypatch.setattr("fl_lab.pretrain.shapes_weights",
+                        lambda backbone: made.append((backbone, os.environ["TORCH_HOME"])))
+    monkeypatch.setenv("TORCH_HOME", "the learner's")
+    for name in ("01_focal_loss.ipynb", "03_retinanet.ipynb", tools.MAKES_BACKBONE):
+        tools.as_after_lesson_4(ROOT / "notebooks" / name, str(tmp_path))
+    assert made == []  # lesson 4 itself, and the lessons before it, start from the empty cache
+    tools.as_after_lesson_4(ROOT / "notebooks" / "06_ablations.ipynb", str(tmp_path))
+    assert made == [("resnet18", str(tmp_path))]  # made in the refresh's own cache, not the learner's
