@@ -186,7 +186,8 @@ def assignment_figure(
         _draw(ax, anchors[lq], color="tab:red", lw=1.5, ls="--", label=f"low-quality match ({int(lq.sum())})")
         n_bg = int((on & (labels == -1)).sum())
         ax.set_title(f"{names[level]}: {n_bg:,} background anchors")
-        ax.legend(loc="lower left", fontsize="small")
+        # below the panel: inside, it would cover the small objects near the image's edges
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, fontsize="small")
     return fig
 
 
