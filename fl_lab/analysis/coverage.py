@@ -6,9 +6,9 @@ Two numbers decide what a RetinaNet learns from a dataset (paper §4 "Anchors", 
   under the paper's rule (below 0.4 its anchors are even trained as *background*): the
   detector is taught to call it background, the very "hard negative" the focal loss
   up-weights;
-* **imbalance** — negatives per positive anchor. The paper's COCO images have ~100k anchors
-  and a few dozen to a few hundred positives (~1000 : 1); that extreme is what the focal
-  loss was made for.
+* **imbalance** — negatives per positive anchor. The paper's detector scores ~100k anchors per
+  image (§4.1), and its example imbalance is 1 : 1000 (§3); that extreme is what the focal loss
+  was made for.
 
 :func:`anchor_coverage` measures both on any detection dataset (Shapes, COCO, VOC) with the
 model's own anchors and matcher; lesson 02 shows it for the kit's presets.

@@ -238,7 +238,7 @@ def coverage_figure(best_iou: dict[str, Tensor], imbalance: dict[str, float], fg
     y = np.arange(len(names))[::-1]
     rects = bars.barh(y, [imbalance[n] for n in names], color=[f"C{i}" for i in range(len(names))], label="this data")
     bars.bar_label(rects, labels=[f"{imbalance[n]:,.0f} : 1" for n in names], fontsize="small", padding=3)
-    bars.axvline(1000, color="black", ls="--", lw=1, label="the paper's COCO (~1000 : 1)")
+    bars.axvline(1000, color="black", ls="--", lw=1, label="the paper's example (1000 : 1, §3)")
     bars.set_xscale("log")
     bars.set_xlim(1, 30_000)
     bars.set_yticks(y, names)
