@@ -84,15 +84,17 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     import hashlib
     import json
 
-    from fl_lab import compare
+    from fl_lab import compare, confirm
     from fl_lab.plots import figure2
 
     fast, full = compare.compare_base(gpu=False, fast=True), compare.compare_base(gpu=False, fast=False)
     assert fast.backbone_weights is None and full.backbone_weights == "shapes"  # tests never pretrain
-    assert dataclasses.replace(full, log_every=1, checkpoint_every=0) == full
+    # the committed comparison's base is results/confirm's: RetinaNet (FL) at 128 px is its FL arm
+    assert dataclasses.replace(full, out="x") == dataclasses.replace(confirm.lessons_base(), out="x")
+    assert full.val_images == 500 and full.checkpoint_every == 0
     assert dataclasses.replace(full, steps=fast.steps, warmup=fast.warmup, batch_size=fast.batch_size,
                                train_images=fast.train_images, val_images=fast.val_images,
-                               backbone_weights=None) == fast
+                               backbone_weights=None, log_every=fast.log_every) == fast
     tiny = dataclasses.replace(fast, steps=2, warmup=1, batch_size=2, train_images=4, val_images=2, image_size=64,
                                backbone_weights=str(resnet18_file))
     live = compare.compare_base(gpu=False, fast=False, live=True)
