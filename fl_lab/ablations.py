@@ -313,6 +313,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--rows: unknown {unknown}; choose from {[a.name for a in grid]}")
         grid = [a for a in grid if a.name in wanted]
     seeds = parse_seeds(parser, args.seeds, (0,) if args.fast else SEEDS)
+    if args.confirm and set(seeds) & set(CONFIRM_SEEDS):
+        parser.error(f"--seeds: the grid's seeds choose the rows --confirm judges on {CONFIRM_SEEDS}; "
+                     "they must not be among them")
 
     import torch
 

@@ -213,6 +213,10 @@ def test_command_line_says_what_is_wrong_with_seeds(capsys):
         ablations.main(["--seeds", "0,one"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
+        ablations.main(["--confirm", "--seeds", "0,100"])  # refused before anything trains
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--seeds: the grid's seeds choose the rows --confirm judges on" in err
+    with pytest.raises(SystemExit) as exit_info:
         ablations.main(["--rows", "FL γ=3"])
     assert exit_info.value.code == 2 and "--rows: unknown ['FL γ=3']" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
