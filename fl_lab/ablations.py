@@ -270,8 +270,8 @@ def save_figure(results: Sequence[ArmResult], folder: str | Path, device: str, s
     plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {seeds} seeds)"
                            ).savefig(path, dpi=100)
     if confirmed:
-        seeds = ", ".join(str(r.seed) for r in confirmed[0].runs)
-        rows = [{**row, "group": f"confirmation seeds {seeds}"} for row in figure_rows(confirmed)]
+        group = "confirmation seeds " + ", ".join(str(r.seed) for r in confirmed[0].runs)
+        rows = [{**row, "group": group} for row in figure_rows(confirmed)]
         plots.ablations_figure(rows, title=f"The rows Table 1's claims compare, on the confirmation seeds ({device})"
                                ).savefig(Path(folder) / "table1_confirmed.png", dpi=100)
     return path
