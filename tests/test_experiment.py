@@ -129,3 +129,28 @@ def test_every_experiment_shares_one_command_line():
     args = parser.parse_args(["--seeds", "4,5", "--results", "res"])
     assert (args.out, args.results, args.seeds, args.debug) == ("runs/x", "res", "4,5", False)
     assert not hasattr(experiment_parser("p", "d", "o").parse_args([]), "seeds")  # --seeds only where asked
+
+
+def test_records_carried_to_another_machine_continue_a_study_without_training_again(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("run_records", Path(__file__).parents[1] / "tools" / "run_records.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    made = run_seeds(tiny(tmp_path / "runs" / "arm"), (0, 1), progress=False)
+    assert tool.main([str(tmp_path / "runs"), str(tmp_path / "records")]) == 0
+    assert "2 run records copied" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "records").rglob("*") if p.is_file()) == [RECORD, RECORD]  # no weights
+    tool.copy_records(tmp_path / "records", tmp_path / "elsewhere")  # the next session's empty runs/ folder
+    again = run_seeds(tiny(tmp_path / "elsewhere" / "arm"), (0, 1), progress=False)
+    assert [r.seconds for r in again] == [r.seconds for r in made]  # read back, not trained again
+    assert not list((tmp_path / "elsewhere").rglob("*.pt"))
+    (tmp_path / "elsewhere" / "arm" / "seed1" / RECORD).write_text("{}")  # another run at the same place
+    with pytest.raises(SystemExit) as exit_:
+        tool.main([str(tmp_path / "records"), str(tmp_path / "elsewhere")])
+    assert exit_.value.code == 2 and "holds another record" in capsys.readouterr().err
+    assert (tmp_path / "elsewhere" / "arm" / "seed1" / RECORD).read_text() == "{}"  # never overwritten
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "nowhere"), str(tmp_path / "x")])
+    assert "nowhere is not a folder of runs" in capsys.readouterr().err
