@@ -128,19 +128,24 @@ class ArmOutcome:
 def explore_then_confirm(base: Config, arms: Sequence[Search], out: str | Path, progress: bool = True,
                          explore_seeds: Sequence[int] = EXPLORE_SEEDS,
                          confirm_seeds: Sequence[int] = CONFIRM_SEEDS) -> list[ArmOutcome]:
-    """Run every arm's search on ``explore_seeds``, choose each arm's best mean AP, train the choices
-    on ``confirm_seeds``. Runs live in ``out/<arm>/<candidate>/seed<s>`` and are read back when made
-    (:func:`fl_lab.experiment.run_arm`)."""
+    """Run every arm's search on ``explore_seeds``, choose each arm's best mean AP, then train the
+    choices on ``confirm_seeds``. Runs live in ``out/<arm>/<candidate>/seed<s>`` and are read back when
+    made (:func:`fl_lab.experiment.run_arm`).
+
+    Every choice is made before any confirmation trains, and the confirmations run seed by seed
+    across the arms: a study continued on another machine (``tools/run_records.py``) then has its
+    paired confirmation runs made together, on one machine's pretrained backbone, where possible."""
     if set(explore_seeds) & set(confirm_seeds):
         raise ValueError(f"exploration and confirmation seeds must differ, got {explore_seeds} and {confirm_seeds}")
-    outcomes = []
-    for search in arms:
-        folder = Path(out) / slug(search.name)
-        explored = [run_arm(arm, base, folder, explore_seeds, progress=progress) for arm in search.candidates]
-        chosen = max(explored, key=lambda r: r.ap).arm
-        outcomes.append(ArmOutcome(search.name, explored, chosen.name,
-                                   run_arm(chosen, base, folder, confirm_seeds, progress=progress)))
-    return outcomes
+    folders = [Path(out) / slug(search.name) for search in arms]
+    explored = [[run_arm(arm, base, folder, explore_seeds, progress=progress) for arm in search.candidates]
+                for search, folder in zip(arms, folders, strict=True)]
+    chosen = [max(results, key=lambda r: r.ap).arm for results in explored]
+    for seed in confirm_seeds:
+        for arm, folder in zip(chosen, folders, strict=True):
+            run_arm(arm, base, folder, (seed,), progress=progress)
+    return [ArmOutcome(search.name, results, arm.name, run_arm(arm, base, folder, confirm_seeds, progress=progress))
+            for search, results, arm, folder in zip(arms, explored, chosen, folders, strict=True)]
 
 
 def claims(outcomes: Sequence[ArmOutcome]) -> list[Claim]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,9 +20,17 @@ ARMS = (confirm.Search("FL", (Arm("lr 0.01", overrides=dict(loss_fn="focal", lr=
                               Arm("α .9", overrides=dict(loss_fn="balanced_ce", alpha=0.9)))))
 
 
-def test_each_arm_runs_the_same_search_then_its_choice_on_other_seeds(tmp_path):
+def test_each_arm_runs_the_same_search_then_its_choice_on_other_seeds(tmp_path, monkeypatch):
+    import fl_lab.experiment as experiment
+
+    trained, train = [], experiment.run
+    monkeypatch.setattr(experiment, "run", lambda config, **kw: trained.append(config) or train(config, **kw))
     outcomes = confirm.explore_then_confirm(Config(**TINY), ARMS, tmp_path, progress=False, explore_seeds=(0, 1),
                                             confirm_seeds=(100, 101))
+    # every exploration first (each arm's candidates in turn), then the confirmations seed by seed across the arms
+    assert [(Path(c.out).parts[-3], c.seed) for c in trained] == [
+        ("FL", 0), ("FL", 1), ("FL", 0), ("FL", 1), ("CE", 0), ("CE", 1), ("CE", 0), ("CE", 1),
+        ("FL", 100), ("CE", 100), ("FL", 101), ("CE", 101)]
     for outcome, search in zip(outcomes, ARMS, strict=True):
         assert [r.arm for r in outcome.explored] == list(search.candidates)
         assert all([run.seed for run in r.runs] == [0, 1] for r in outcome.explored)
