@@ -30,7 +30,7 @@ from .train import Config, Diverged, backbone_weights_file, run
 
 __all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "RECORD", "Arm", "ArmResult", "RunRecord", "command_line",
            "describe_loss", "experiment_parser", "parse_seeds", "read_results", "run_arm", "run_once", "run_or_exit",
-           "run_seeds", "seed_stats", "slug", "write_results"]
+           "run_seeds", "seed_stats", "slug", "weights_sha256", "write_results"]
 
 #: Explore, then confirm: settings are chosen (and grids described) on the exploration seeds; what a
 #: claim compares is then trained on the confirmation seeds, declared before any confirmation ran
@@ -51,8 +51,9 @@ class RunRecord:
     final: mean cls / box / total loss over the last 20 iterations; seconds: training + evaluation
     wall time when it was made; out: its folder. What really trained, whatever ``config`` says of
     fields a detector ignores: model (the detector), loss (its classification loss and settings)
-    and weights_sha256 (of the backbone weights file it started from; None from scratch). Records
-    written before these three existed read back with their defaults ("", "", None).
+    and weights_sha256 (of the backbone weights it started from, their tensors not their file:
+    :func:`weights_sha256`; None from scratch). Records written before these three existed read back
+    with their defaults ("", "", None); those written before 2026-12-07 hold the file's sha256.
     """
 
     config: dict
@@ -119,7 +120,7 @@ def run_once(config: Config, progress: bool = True, rerun: bool = False,
                        time.perf_counter() - start, config.out,
                        model=model or f"RetinaNet ({config.backbone})",
                        loss=describe_loss(config) if build is None else f"{model or 'the detector'}'s own",
-                       weights_sha256=None if weights is None else _sha256(weights))
+                       weights_sha256=None if weights is None else weights_sha256(weights))
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
@@ -132,11 +133,24 @@ def describe_loss(config: Config) -> str:
     return f"{config.loss_fn}({', '.join(f'{k}={v}' for k, v in settings.items())})"
 
 
-def _sha256(path: str) -> str:
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of a weights file's tensors: each name, dtype, shape and bytes, in name order.
+
+    Not of the file: ``torch.save`` writes a random serialization id (and the archive's own name)
+    into every file, so the same weights saved twice would hash apart, and runs made on two machines
+    from one pretraining could not be told to have started from the same weights."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for name in sorted(state):
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            value = value.detach().contiguous()
+            digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(value.flatten().view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{name}|{value!r}|".encode())
     return digest.hexdigest()
 
 

@@ -81,10 +81,10 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     """The command line end to end: every design over two seeds, fine-tuned like the lessons' regime from
     one weights file, scored, timed, judged, written; then read back."""
     import dataclasses
-    import hashlib
     import json
 
     from fl_lab import compare, confirm
+    from fl_lab.experiment import weights_sha256
     from fl_lab.plots import figure2
 
     fast, full = compare.compare_base(gpu=False, fast=True), compare.compare_base(gpu=False, fast=False)
@@ -126,7 +126,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
                                                                      "focal(gamma=2.0, alpha=0.25)"),
         ("RetinaNet (resnet18)", "balanced_ce(alpha=0.75)"), ("faster_rcnn", "faster_rcnn's own"),
         ("faster_rcnn", "faster_rcnn's own"), ("ssdlite", "ssdlite's own")]
-    digest = hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
+    digest = weights_sha256(resnet18_file)
     assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 5 + [None]
     outs = [run["out"] for e in entries for run in e["runs"]]
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each

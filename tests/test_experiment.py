@@ -17,6 +17,7 @@ from fl_lab.experiment import (
     run_once,
     run_seeds,
     seed_stats,
+    weights_sha256,
 )
 from fl_lab.train import Config, datasets, load_run
 
@@ -95,7 +96,19 @@ def test_a_record_names_what_really_trained(tmp_path):
     record = run_once(tiny(tmp_path / "fl", loss_fn="focal", gamma=1.0, alpha=0.5, backbone_weights=str(weights)),
                       progress=False)
     assert record.model == "RetinaNet (resnet18)" and record.loss == "focal(gamma=1.0, alpha=0.5)"
-    assert record.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    state = torch.load(weights, weights_only=True)  # the tensors' sha256, derived here with numpy's bytes
+    reference = hashlib.sha256()
+    for name in sorted(state):
+        reference.update(f"{name}|{state[name].dtype}|{tuple(state[name].shape)}|".encode())
+        reference.update(state[name].numpy().tobytes())
+    assert record.weights_sha256 == reference.hexdigest()
+    # the same weights saved again make another file (torch.save's random serialization id), not another hash
+    torch.save(state, tmp_path / "again.pt")
+    assert (tmp_path / "again.pt").read_bytes() != weights.read_bytes()
+    assert weights_sha256(tmp_path / "again.pt") == record.weights_sha256
+    state["fc.bias"][0] += 1e-6
+    torch.save(state, tmp_path / "other.pt")
+    assert weights_sha256(tmp_path / "other.pt") != record.weights_sha256
     scratch = run_once(tiny(tmp_path / "ce", loss_fn="balanced_ce"), progress=False)
     assert scratch.loss == "balanced_ce()" and scratch.weights_sha256 is None  # α-CE at its own default α
     saved = json.loads((tmp_path / "fl" / RECORD).read_text())
