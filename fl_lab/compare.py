@@ -18,6 +18,7 @@ R-CNN from scratch or from the same backbone weights as RetinaNet (``Config.back
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,7 @@ from .torch_utils import eval_mode, median_ms, resolve_device
 from .torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 
-__all__ = ["PAPER", "check_orderings", "compare", "compare_base", "detector_arms", "figure2_points",
+__all__ = ["PAPER", "TIMING", "check_orderings", "compare", "compare_base", "detector_arms", "figure2_points",
            "format_table", "image_size", "inference_ms_per_image", "load_results", "ms_per_image"]
 
 
@@ -183,22 +184,45 @@ def compare(
     The arms of :func:`detector_arms` (``sizes``: the paper's speed/accuracy curve; ``ssd``:
     "ssdlite" or "ssd300"), each trained by :func:`fl_lab.experiment.run_arm` in a folder under
     ``out`` (finished runs are read back). ``measured["ms_per_image"]``: :func:`inference_ms_per_image`
-    of the first seed's model on ``timing_batch`` validation images, same device for all.
+    of the first seed's model on ``timing_batch`` validation images, same device for all, taken as
+    soon as that model is trained and kept beside its run (:data:`TIMING`): a comparison too long
+    for one sitting continues elsewhere from its runs' records (``tools/run_records.py``), without
+    their weights. Time it with nothing else running.
     """
     device = resolve_device(device)
     base = dataclasses.replace(base, device=str(device), evaluate=True)
     entries = []
     for arm in tqdm(detector_arms(base, sizes, ssd), desc="detectors", disable=not progress):
         build = None if arm.detector is None else partial(_torchvision_model, kind=arm.detector)
+        (first,) = run_arm(arm, base, out, seeds[:1], progress=progress, build=build).runs
+        ms = _timed(dataclasses.replace(arm.config(base, out), seed=first.seed, out=first.out), arm.detector, device,
+                    timing_batch)
         entry = run_arm(arm, base, out, seeds, progress=progress, build=build)
-        first = entry.runs[0]
-        config = arm.config(base, out)
-        model = _trained(dataclasses.replace(config, seed=first.seed, out=first.out), arm.detector, device)
-        _, val_set = datasets(config)
-        batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
-        entry.measured["ms_per_image"] = inference_ms_per_image(model, batch.images, batch.image_sizes)
+        entry.measured["ms_per_image"] = ms
         entries.append(entry)
     return entries
+
+
+#: The file beside a run's ``run.json`` holding its model's inference time (:func:`compare`).
+TIMING = "timing.json"
+
+
+def _timed(config: Config, kind: Optional[str], device: torch.device, timing_batch: int) -> float:
+    """Milliseconds per image of the model of the finished run in ``config.out``: read from its
+    :data:`TIMING` file, else measured now on ``timing_batch`` validation images and written there."""
+    path = Path(config.out) / TIMING
+    if path.is_file():
+        return json.loads(path.read_text())["ms_per_image"]
+    if not (Path(config.out) / "last.pt").is_file():
+        raise FileNotFoundError(f"{config.out} holds neither {TIMING} nor the weights (last.pt) to time; "
+                                "remove its run.json to train it again")
+    model = _trained(config, kind, device)
+    _, val_set = datasets(config)
+    batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
+    ms = inference_ms_per_image(model, batch.images, batch.image_sizes)
+    path.write_text(json.dumps({"ms_per_image": ms, "images": len(batch.images), "device": str(device),
+                                "torch": torch.__version__}))
+    return ms
 
 
 def figure2_points(entries: Sequence[ArmResult]) -> list[dict]:
@@ -247,7 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fl_lab.compare``: train lesson 07's detectors over seeds, print the table and the orderings.
 
     With ``--results DIR`` also writes ``compare.txt``, ``compare.json`` and ``compare.png`` there.
-    Finished runs are read back; inference is timed again on every call, so time it undisturbed.
+    Finished runs are read back, with the inference time measured when each detector's first seed
+    was trained (so train it undisturbed).
     """
     from . import plots
     from .analysis import format_claims
@@ -286,7 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     also = f" (RetinaNet and Faster R-CNN also at {', '.join(map(str, sizes))} px)" if sizes else ""
     text = "\n\n".join([f"4 detectors{also} × {len(seeds)} seeds of {base.steps} iterations on {device}: "
                          f"{made / 60:.0f} min of training and evaluation when the runs were made; "
-                         "inference timed in this call", format_table(entries), format_claims(claims)])
+                         "inference timed as each detector's first seed was trained", format_table(entries),
+                         format_claims(claims)])
     print(text)
     if args.results:
         folder = Path(args.results)

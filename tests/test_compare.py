@@ -145,10 +145,20 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert len(ours.containers) == 4  # one error-bar line per design; each detector's two sizes joined
     curves = {c.get_label(): len(c.lines[0].get_xdata()) for c in ours.containers}  # points on each detector's line
     assert curves == {"RetinaNet (FL)": 2, "RetinaNet (α-CE)": 1, "Faster R-CNN": 2, "SSD": 1}
-    # a second call reads every run back instead of training it again, and times inference anew
+    # the first seed's model was timed as soon as it was trained, and the time kept beside its run
+    assert [json.loads(Path(e["runs"][0]["out"], compare.TIMING).read_text())["ms_per_image"] for e in entries] == [
+        e["measured"]["ms_per_image"] for e in entries]
+    assert not any(Path(run["out"], compare.TIMING).exists() for e in entries for run in e["runs"][1:])
+    # a second call without the weights (a study continued elsewhere from its records) reads runs and times back
+    for weights in (tmp_path / "runs").rglob("*.pt"):
+        weights.unlink()
     again = compare.compare(tiny, tmp_path / "runs", sizes=(96,), seeds=(0, 1), timing_batch=2,
                             progress=False, device="cpu")
     assert [r.seconds for e in again for r in e.runs] == [r["seconds"] for e in entries for r in e["runs"]]
+    assert [e.measured for e in again] == [e["measured"] for e in entries]
+    Path(entries[0]["runs"][0]["out"], compare.TIMING).unlink()
+    with pytest.raises(FileNotFoundError, match="holds neither timing.json nor the weights"):
+        compare.compare(tiny, tmp_path / "runs", sizes=(96,), seeds=(0, 1), progress=False, device="cpu")
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):
         compare.load_results(tmp_path / "nothing.json")
 

@@ -153,8 +153,11 @@ def test_records_carried_to_another_machine_continue_a_study_without_training_ag
     spec.loader.exec_module(tool)
     made = run_seeds(tiny(tmp_path / "runs" / "arm"), (0, 1), progress=False)
     assert tool.main([str(tmp_path / "runs"), str(tmp_path / "records")]) == 0
-    assert "2 run records copied" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "records").rglob("*") if p.is_file()) == [RECORD, RECORD]  # no weights
+    assert "2 finished runs copied" in capsys.readouterr().out
+    kept = sorted(p.relative_to(tmp_path / "records").as_posix() for p in (tmp_path / "records").rglob("*.*"))
+    assert kept == [f"arm/seed{s}/{name}" for s in (0, 1) for name in ("config.json", "log.jsonl", "metrics.json",
+                                                                      RECORD)]  # all but the weights
+    assert list((tmp_path / "runs").rglob("*.pt"))
     tool.copy_records(tmp_path / "records", tmp_path / "elsewhere")  # the next session's empty runs/ folder
     again = run_seeds(tiny(tmp_path / "elsewhere" / "arm"), (0, 1), progress=False)
     assert [r.seconds for r in again] == [r.seconds for r in made]  # read back, not trained again
@@ -162,7 +165,7 @@ def test_records_carried_to_another_machine_continue_a_study_without_training_ag
     (tmp_path / "elsewhere" / "arm" / "seed1" / RECORD).write_text("{}")  # another run at the same place
     with pytest.raises(SystemExit) as exit_:
         tool.main([str(tmp_path / "records"), str(tmp_path / "elsewhere")])
-    assert exit_.value.code == 2 and "holds another record" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds another file" in capsys.readouterr().err
     assert (tmp_path / "elsewhere" / "arm" / "seed1" / RECORD).read_text() == "{}"  # never overwritten
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / "nowhere"), str(tmp_path / "x")])
