@@ -233,3 +233,25 @@ def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if "ablations:" in line and "it/s" not in line]
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("python -m fl_lab.ablations: error:")
     assert "Not a directory" in lines[0]
+
+
+def test_results_confirm_runs_are_read_back_as_table1_rows_on_the_lessons_backbone(tmp_path, monkeypatch):
+    import importlib.util
+
+    import fl_lab.experiment as experiment
+    from fl_lab.ablations import FL_GAMMA_2, alpha_ce
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("table1_from_confirm", root / "tools" / "table1_from_confirm.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    placed = tool.place(tmp_path)
+    # FL γ=2 α=.25 and α-CE α=.5 at lr 0.01 on seeds 0-2 and 100-104, α-CE .75 and .9 on seeds 0-2
+    assert len(placed) == 22 and tool.place(tmp_path) == []  # written once
+    saved = json.loads((root / "results" / "confirm" / "confirm.json").read_text())
+    fl = next(a for a in saved["arms"] if a["arm"].startswith("FL"))["confirmed"]["runs"]
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("trained instead of reading back"))
+    base = table1_base(gpu=False, backbone_weights="shapes")
+    read = experiment.run_arm(FL_GAMMA_2, base, tmp_path, (100, 101, 102, 103, 104))
+    assert [r.ap for r in read.runs] == [r["metrics"]["AP"] for r in fl]
+    assert len(experiment.run_arm(alpha_ce(0.9), base, tmp_path, (0, 1, 2)).runs) == 3
