@@ -33,9 +33,10 @@ def place(out: Path, results: Path = ROOT / "results" / "confirm" / "confirm.jso
     base = table1_base(gpu=False, backbone_weights="shapes")
     placed = []
     for arm in table1_grid():
+        row = arm.config(base, out)
         for seed in (*EXPLORE_SEEDS, *CONFIRM_SEEDS):
-            folder = Path(arm.config(base, out).out) / f"seed{seed}"
-            config = dataclasses.replace(arm.config(base, out), seed=seed, out=str(folder), evaluate=True)
+            folder = Path(row.out) / f"seed{seed}"  # where run_seeds puts the seed's run
+            config = dataclasses.replace(row, seed=seed, out=str(folder))
             match = next((run for run in pool if _same_run(run["config"], config)), None)
             if match is None or (folder / RECORD).exists():
                 continue
