@@ -124,7 +124,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert [(e["runs"][0]["model"], e["runs"][0]["loss"]) for e in entries] == [
         ("RetinaNet (resnet18)", "focal(gamma=2.0, alpha=0.25)"), ("RetinaNet (resnet18)",
                                                                      "focal(gamma=2.0, alpha=0.25)"),
-        ("RetinaNet (resnet18)", "balanced_ce(alpha=0.75)"), ("faster_rcnn", "faster_rcnn's own"),
+        ("RetinaNet (resnet18)", "balanced_ce(alpha=0.5)"), ("faster_rcnn", "faster_rcnn's own"),
         ("faster_rcnn", "faster_rcnn's own"), ("ssdlite", "ssdlite's own")]
     digest = weights_sha256(resnet18_file)
     assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 5 + [None]
