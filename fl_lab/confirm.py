@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = (f"{base.steps} iterations of {regime.description}, {base.image_size} px, {imbalance:.0f} negative "
             f"anchors per positive, {base.val_images} validation images; "
             f"{made / 60:.0f} min of training and evaluation when the runs were made (median "
-            f"{statistics.median(r.seconds for o in outcomes for r in o.confirmed.runs):.0f} s a run)\n\n"
+            f"{statistics.median(r.seconds for o in outcomes for r in o.confirmed.runs):.0f} s a confirmation run)\n\n"
             + format_outcomes(outcomes))
     print(text)
     if args.results:
