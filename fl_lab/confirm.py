@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .analysis import Claim, compare_seeds, format_claims
+from .analysis import Claim, SeedStats, compare_seeds, format_claims
 from .experiment import (
     CONFIRM_SEEDS,
     EXPLORE_SEEDS,
@@ -49,7 +49,7 @@ from .train import PRESETS, Config
 
 __all__ = ["CONFIRM_SEEDS", "EXPLORE_SEEDS", "LESSONS_ARMS", "MANY_OBJECTS_ARMS", "REGIMES", "ArmOutcome", "Regime",
            "RegimeGap", "Search", "explore_then_confirm", "format_confirmation", "format_gaps", "format_outcomes",
-           "gap_figure", "lessons_base", "load_gap", "load_results", "main", "many_objects_base"]
+           "gap_changes", "gap_figure", "lessons_base", "load_gap", "load_results", "main", "many_objects_base"]
 
 LEARNING_RATES = (0.01, 0.02, 0.04)
 
@@ -217,6 +217,13 @@ class RegimeGap:
     def claim(self) -> Claim:
         return claims(self.outcomes)[0]
 
+    @property
+    def differences(self) -> SeedStats:
+        """The first arm's AP minus the second's on each confirmation seed, without the seeds: another
+        regime draws other data from them, so two regimes' gaps compare unpaired (Welch)."""
+        first, second = (o.confirmed.stats() for o in self.outcomes[:2])
+        return SeedStats(tuple(a - b for a, b in zip(first.values, second.values, strict=True)))
+
 
 def load_gap(path: str | Path) -> RegimeGap:
     """A :class:`RegimeGap` from a ``confirm.json`` written with ``--regime``."""
@@ -230,12 +237,24 @@ def load_gap(path: str | Path) -> RegimeGap:
 
 
 def format_gaps(gaps: Sequence[RegimeGap]) -> str:
-    """One line per regime: objects per image, imbalance, each arm's choice and the confirmed verdict."""
+    """Per regime: objects per image, imbalance, the confirmed verdict and each arm's choice; then whether
+    the gap changes from one imbalance to the next (Welch on the per-seed gaps: other data, not paired)."""
+    ordered = sorted(gaps, key=lambda g: g.imbalance)
     lines = [f"{'regime':<20}{'objects':>8}{'neg:pos':>9}   claim on the confirmation seeds"]
-    for g in sorted(gaps, key=lambda g: g.imbalance):
+    for g in ordered:
         claim = g.claim
         lines.append(f"{g.regime:<20}{_count(g.objects):>8}{g.imbalance:>7.0f}:1   {claim.verdict} — {claim.detail}")
-    return "\n".join(lines)
+        lines.append(f"{'':<40}chosen: " + ", ".join(f"{o.arm} {o.chosen}" for o in g.outcomes))
+    return "\n".join([*lines, format_claims(gap_changes(gaps))])
+
+
+def gap_changes(gaps: Sequence[RegimeGap]) -> list[Claim]:
+    """Whether the first arm's gap grows from each imbalance to the next higher one: Welch on the
+    per-seed gaps (:attr:`RegimeGap.differences`)."""
+    ordered = sorted(gaps, key=lambda g: g.imbalance)
+    return [compare_seeds(f"{high.outcomes[0].arm}'s gap is larger at {high.imbalance:.0f}:1 than at "
+                          f"{low.imbalance:.0f}:1", high.differences, low.differences, floor=None)
+            for low, high in itertools.pairwise(ordered)]
 
 
 def _count(objects: tuple[int, int]) -> str:
@@ -302,7 +321,8 @@ def _report_gaps(parser, args, argv) -> int:
         write_results(args.results, "gaps", command_line(parser, argv), text, {
             "regimes": [{"regime": g.regime, "results": str(folder), "objects": list(g.objects),
                          "imbalance": g.imbalance, "claim": dataclasses.asdict(g.claim)}
-                        for g, folder in zip(gaps, args.gaps, strict=True)]})
+                        for g, folder in zip(gaps, args.gaps, strict=True)],
+            "changes": [dataclasses.asdict(c) for c in gap_changes(gaps)]})
         gap_figure(gaps).savefig(Path(args.results) / "gaps.png", dpi=100)
     return 0
 

@@ -38,7 +38,7 @@ from .model import RetinaNetOutput
 from .torch_utils import eval_mode
 from .weights import detector_resnet
 
-__all__ = ["DETECTORS", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector"]
+__all__ = ["DETECTORS", "NATIVE_SIZE", "ImagesOnly", "TorchvisionDetector", "build_torchvision_detector", "input_side"]
 
 #: The torchvision detectors fl_lab can train, with the design each stands for.
 DETECTORS = {
@@ -49,6 +49,13 @@ DETECTORS = {
               "ResNet-101)",
     "ssdlite": "one-stage, hard negative mining 3:1: SSDlite320 on MobileNetV3 (a small SSD for CPUs)",
 }
+#: The input side (px) each SSD's anchor layout is built for: it resizes every image to it.
+NATIVE_SIZE = {"ssd300": 300, "ssdlite": 320}
+
+
+def input_side(kind: Optional[str], image_size: int) -> int:
+    """The side (px) detector ``kind`` (None: fl_lab's RetinaNet) sees images of side ``image_size`` at."""
+    return NATIVE_SIZE.get(kind, image_size)
 
 
 class ImagesOnly(NamedTuple):
@@ -88,7 +95,7 @@ def build_torchvision_detector(kind: str, num_classes: int, image_size: int, bac
         fpn = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, widths, fpn_channels,
                               extra_blocks=LastLevelMaxPool())
         return FasterRCNN(fpn, num_classes=num_classes + 1, **same)  # class 0 is the background
-    build, native = (ssd300_vgg16, 300) if kind == "ssd300" else (ssdlite320_mobilenet_v3_large, 320)
+    build, native = ssd300_vgg16 if kind == "ssd300" else ssdlite320_mobilenet_v3_large, NATIVE_SIZE[kind]
     model = build(weights=None, weights_backbone=None, num_classes=num_classes + 1)
     model.transform = GeneralizedRCNNTransform(native, native, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], size_divisible=1,
                                                fixed_size=(native, native))

@@ -69,6 +69,10 @@ def test_an_arm_that_never_detects_is_a_floor_not_a_measurement():
     assert neither.verdict == NOT_TESTED and "neither detects" in neither.detail
     one = compare_seeds("t", _stats([0.02, 0.025, 0.03]), _stats([0.0, 0.0, 0.0]), names=("FL", "CE"))
     assert one.verdict == HOLDS and "CE detects nothing in any seed" in one.detail
+    # differences are not metrics: all below 0 is a measurement, judged when the floor is switched off
+    gaps_high, gaps_low = [-0.010, -0.012, -0.011], [-0.030, -0.028, -0.031]
+    assert compare_seeds("t", gaps_high, gaps_low).verdict == NOT_TESTED
+    assert compare_seeds("t", gaps_high, gaps_low, floor=None).verdict == HOLDS
 
 
 def test_claims_check_their_verdict_and_format():

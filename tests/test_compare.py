@@ -60,20 +60,27 @@ def test_inference_timer_on_fl_lab_retinanet():
 
 
 def test_orderings_are_judged_against_the_seeds_noise():
+    import dataclasses
+
     from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE
     from fl_lab.compare import check_orderings
     from fl_lab.experiment import Arm, ArmResult, RunRecord
 
-    def entry(name, aps, ms):
-        return ArmResult(Arm(name), [RunRecord({"seed": i, "image_size": 96}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
-                                     for i, a in enumerate(aps)], {"ms_per_image": ms})
+    def entry(name, aps, ms, detector=None):
+        runs = [RunRecord({"seed": i, "image_size": 96}, {"AP": a, "AP50": a}, None, {}, 1.0, "")
+                for i, a in enumerate(aps)]
+        return ArmResult(Arm(name, detector=detector), runs, {"ms_per_image": ms})
 
     entries = [entry("RetinaNet (FL)", [0.30, 0.31, 0.32], 5.0), entry("RetinaNet (α-CE)", [0.20, 0.21, 0.19], 5.0),
-               entry("Faster R-CNN", [0.25, 0.40, 0.31], 9.0), entry("SSD", [0.40, 0.41, 0.42], 3.0)]
+               entry("Faster R-CNN", [0.25, 0.40, 0.31], 9.0),
+               entry("SSDlite320-MobileNetV3", [0.40, 0.41, 0.42], 3.0, "ssdlite")]
     assert [c.verdict for c in check_orderings(entries)] == [HOLDS, WITHIN_NOISE, FAILS, HOLDS]
-    ties = [entry(n, [0.3, 0.3, 0.3], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
+    names = ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD300-VGG16")
+    kinds = (None, None, "faster_rcnn", "ssd300")
+    ties = [entry(n, [0.3, 0.3, 0.3], 1.0, d) for n, d in zip(names, kinds, strict=True)]
     assert [c.verdict for c in check_orderings(ties)] == [WITHIN_NOISE] * 3 + [FAILS]  # a tie is no win
-    silent = [entry(n, [0.0, 0.0, 0.0], 1.0) for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD")]
+    silent = [dataclasses.replace(e, runs=[dataclasses.replace(r, metrics={"AP": 0.0, "AP50": 0.0}) for r in e.runs])
+              for e in ties]
     assert [c.verdict for c in check_orderings(silent)][:3] == [NOT_TESTED] * 3  # nothing detected: nothing to rank
 
 
@@ -114,7 +121,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert [(e["name"], e["runs"][0]["config"]["image_size"], e["runs"][0]["config"]["input_size"])
             for e in saved["entries"]] == [("RetinaNet (FL)", 64, None), ("RetinaNet (FL)", 64, 96),
                                            ("RetinaNet (α-CE)", 64, None), ("Faster R-CNN", 64, None),
-                                           ("Faster R-CNN", 64, 96), ("SSD", 64, None)]
+                                           ("Faster R-CNN", 64, 96), ("SSDlite320-MobileNetV3", 64, None)]
     entries = saved["entries"]
     assert [run["config"]["seed"] for run in entries[3]["runs"]] == [0, 1]
     assert entries[5]["group"] == compare.DETECTORS["ssdlite"] and entries[5]["detector"] == "ssdlite"  # the CPU's SSD
@@ -132,7 +139,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
     assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
     loaded = compare.load_results(tmp_path / "res" / "compare.json")
-    assert [compare.image_size(e) for e in loaded] == [64, 96, 64, 64, 96, 64]
+    assert [compare.image_size(e) for e in loaded] == [64, 96, 64, 64, 96, 320]  # SSDlite at its native 320 px
     table = compare.format_table(loaded)
     assert table in printed and all(compare.PAPER[e.name] in table for e in loaded)
     assert [c.verdict for c in compare.check_orderings(loaded)] == [c["verdict"] for c in saved["claims"]]
@@ -144,7 +151,7 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert paper.get_legend() is not None and len(paper.lines) == 2  # the paper's R50 and R101 curves
     assert len(ours.containers) == 4  # one error-bar line per design; each detector's two sizes joined
     curves = {c.get_label(): len(c.lines[0].get_xdata()) for c in ours.containers}  # points on each detector's line
-    assert curves == {"RetinaNet (FL)": 2, "RetinaNet (α-CE)": 1, "Faster R-CNN": 2, "SSD": 1}
+    assert curves == {"RetinaNet (FL)": 2, "RetinaNet (α-CE)": 1, "Faster R-CNN": 2, "SSDlite320-MobileNetV3": 1}
     # the first seed's model was timed as soon as it was trained, and the time kept beside its run
     assert [json.loads(Path(e["runs"][0]["out"], compare.TIMING).read_text())["ms_per_image"] for e in entries] == [
         e["measured"]["ms_per_image"] for e in entries]
@@ -196,3 +203,19 @@ def test_command_line_refuses_cuda_without_a_gpu(capsys):
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["--device", "cuda"])
     assert exit_info.value.code == 2 and "--device cuda: no CUDA device here" in capsys.readouterr().err
+
+
+def test_the_committed_comparison_names_its_ssd_for_what_it_is():
+    """Records made when the SSD arm was called "SSD" read back under its own name, at the 320 px it ran at."""
+    import dataclasses
+    import json
+
+    from fl_lab import compare
+
+    path = Path(__file__).parents[1] / "results" / "compare_cpu" / "compare.json"
+    entries = compare.load_results(path)
+    ssd = [e for e in entries if e.arm.detector == "ssdlite"]
+    assert [(e.name, compare.image_size(e)) for e in ssd] == [("SSDlite320-MobileNetV3", 320)]
+    assert "the paper's SSD513" in compare.format_table(entries) and "SSD" not in [e.name for e in entries]
+    # judged as when they were made: the SSD is found by what it is, not by its name
+    assert [dataclasses.asdict(c) for c in compare.check_orderings(entries)] == json.loads(path.read_text())["claims"]

@@ -76,11 +76,16 @@ def test_the_command_line_writes_what_lessons_read_back(tmp_path, monkeypatch, c
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     verdict = saved["claims"][0]["verdict"]
-    assert lines[1].startswith("lessons") and lines[2].startswith("sparser")  # by imbalance, low to high
-    assert f"{saved['imbalance']:.0f}:1   {verdict} — " in lines[1] and f"{4 * saved['imbalance']:.0f}:1" in lines[2]
+    assert lines[1].startswith("lessons") and lines[3].startswith("sparser")  # by imbalance, low to high
+    assert f"{saved['imbalance']:.0f}:1   {verdict} — " in lines[1] and f"{4 * saved['imbalance']:.0f}:1" in lines[3]
+    assert lines[2].split() == ["chosen:", *", ".join(f"{a['arm']} {a['chosen']}" for a in saved["arms"]).split()]
     gaps = json.loads((tmp_path / "gaps" / "gaps.json").read_text())
     assert [g["regime"] for g in gaps["regimes"]] == ["lessons", "sparser"]
     assert all(g["claim"]["verdict"] == verdict for g in gaps["regimes"])
+    # the two regimes' gaps compared unpaired (other data from the same seeds); identical here, so no change
+    assert lines[-1].startswith(f"{saved['arms'][0]['arm']}'s gap is larger at {4 * saved['imbalance']:.0f}:1 than at ")
+    assert "within noise" in lines[-1] and "(Welch, " in lines[-1] and "difference +0.0 ± " in lines[-1]
+    assert [c["verdict"] for c in gaps["changes"]] == ["within noise"]
     assert (tmp_path / "gaps" / "gaps.png").stat().st_size > 1000
     old = tmp_path / "old"
     old.mkdir()

@@ -128,7 +128,7 @@ FLOOR = 1e-3
 
 
 def compare_seeds(text: str, a: Union[SeedStats, Sequence[float]], b: Union[SeedStats, Sequence[float]],
-                  scale: float = 100.0, names: tuple[str, str] = ("", "")) -> Claim:
+                  scale: float = 100.0, names: tuple[str, str] = ("", ""), floor: Optional[float] = FLOOR) -> Claim:
     """The claim "a beats b" judged on seeded values (higher is better).
 
     When ``a`` and ``b`` are :class:`SeedStats` over the same seeds, the claim is judged on the
@@ -136,7 +136,8 @@ def compare_seeds(text: str, a: Union[SeedStats, Sequence[float]], b: Union[Seed
     n − 1 degrees of freedom); otherwise on the difference of the means with Welch's standard
     error and degrees of freedom. It *holds* when the interval lies above 0, *fails* when it lies
     below 0, and is *within noise* when it contains 0. With fewer than two values on a side it is
-    *not tested*, and so it is when neither arm ever exceeds :data:`FLOOR` (neither detects).
+    *not tested*, and so it is when neither arm ever exceeds ``floor`` (neither detects; None: values
+    that are not metrics, such as differences, which have no floor).
     """
     sa, sb = (x if isinstance(x, SeedStats) else SeedStats(tuple(x)) for x in (a, b))
     na, nb = names
@@ -144,7 +145,7 @@ def compare_seeds(text: str, a: Union[SeedStats, Sequence[float]], b: Union[Seed
     if sa.n < 2 or sb.n < 2:
         return Claim(text, NOT_TESTED, f"{numbers}: one seed gives no estimate of the noise")
     silent = [name or side for name, side, s in ((na, "the first", sa), (nb, "the second", sb))
-              if max(s.values) <= FLOOR]
+              if floor is not None and max(s.values) <= floor]
     if len(silent) == 2:
         return Claim(text, NOT_TESTED, f"{numbers}: neither detects anything in any seed")
     if sa.seeds is not None and sa.seeds == sb.seeds:
