@@ -18,6 +18,7 @@ R-CNN from scratch or from the same backbone weights as RetinaNet (``Config.back
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from functools import partial
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from .analysis import Claim, compare_seeds
 from .data import collate
 from .experiment import (
+    RECORD,
     Arm,
     ArmResult,
     command_line,
@@ -216,19 +218,22 @@ TIMING = "timing.json"
 
 def _timed(config: Config, kind: Optional[str], device: torch.device, timing_batch: int) -> float:
     """Milliseconds per image of the model of the finished run in ``config.out``: read from its
-    :data:`TIMING` file, else measured now on ``timing_batch`` validation images and written there."""
+    :data:`TIMING` file when that file was measured on this run (the sha256 of its ``run.json``: a run
+    trained again in the same folder, e.g. lesson 07's fast mode, then full, is timed again), else
+    measured now on ``timing_batch`` validation images and written there."""
     path = Path(config.out) / TIMING
-    if path.is_file():
+    run = hashlib.sha256((Path(config.out) / RECORD).read_bytes()).hexdigest()
+    if path.is_file() and json.loads(path.read_text()).get("run") == run:
         return json.loads(path.read_text())["ms_per_image"]
     if not (Path(config.out) / "last.pt").is_file():
-        raise FileNotFoundError(f"{config.out} holds neither {TIMING} nor the weights (last.pt) to time; "
-                                "remove its run.json to train it again")
+        raise FileNotFoundError(f"{config.out} holds neither a {TIMING} of its run nor the weights (last.pt) to "
+                                "time; remove its run.json to train it again")
     model = _trained(config, kind, device)
     _, val_set = datasets(config)
     batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
     ms = inference_ms_per_image(model, batch.images, batch.image_sizes)
     path.write_text(json.dumps({"ms_per_image": ms, "images": len(batch.images), "device": str(device),
-                                "torch": torch.__version__}))
+                                "torch": torch.__version__, "run": run}))
     return ms
 
 

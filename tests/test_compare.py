@@ -163,8 +163,15 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
                             progress=False, device="cpu")
     assert [r.seconds for e in again for r in e.runs] == [r["seconds"] for e in entries for r in e["runs"]]
     assert [e.measured for e in again] == [e["measured"] for e in entries]
+    # a time measured on another run of the folder (one trained again since: another run.json) is not reused
+    record = Path(entries[0]["runs"][0]["out"], compare.RECORD)
+    made = record.read_text()
+    record.write_text(made.replace('"seconds": ', '"seconds": 1'))
+    with pytest.raises(FileNotFoundError, match="holds neither a timing.json of its run nor the weights"):
+        compare.compare(tiny, tmp_path / "runs", sizes=(96,), seeds=(0, 1), progress=False, device="cpu")
+    record.write_text(made)
     Path(entries[0]["runs"][0]["out"], compare.TIMING).unlink()
-    with pytest.raises(FileNotFoundError, match="holds neither timing.json nor the weights"):
+    with pytest.raises(FileNotFoundError, match="holds neither a timing.json of its run nor the weights"):
         compare.compare(tiny, tmp_path / "runs", sizes=(96,), seeds=(0, 1), progress=False, device="cpu")
     with pytest.raises(FileNotFoundError, match="python -m fl_lab.compare --results"):
         compare.load_results(tmp_path / "nothing.json")
