@@ -44,7 +44,7 @@ from .experiment import (
     write_results,
 )
 from .torch_utils import eval_mode, median_ms, resolve_device
-from .torchvision_detectors import DETECTORS, NATIVE_SIZE, TorchvisionDetector, build_torchvision_detector, input_side
+from .torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector, input_side
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 
 __all__ = ["PAPER", "SSD_NAMES", "TIMING", "check_orderings", "compare", "compare_base", "detector_arms",
@@ -223,8 +223,9 @@ def _timed(config: Config, kind: Optional[str], device: torch.device, timing_bat
     measured now on ``timing_batch`` validation images and written there."""
     path = Path(config.out) / TIMING
     run = hashlib.sha256((Path(config.out) / RECORD).read_bytes()).hexdigest()
-    if path.is_file() and json.loads(path.read_text()).get("run") == run:
-        return json.loads(path.read_text())["ms_per_image"]
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if saved.get("run") == run:
+        return saved["ms_per_image"]
     if not (Path(config.out) / "last.pt").is_file():
         raise FileNotFoundError(f"{config.out} holds neither a {TIMING} of its run nor the weights (last.pt) to "
                                 "time; remove its run.json to train it again")
@@ -262,7 +263,7 @@ def check_orderings(entries: Sequence[ArmResult]) -> list[Claim]:
     """
     first = {}
     for e in entries:
-        first.setdefault("SSD" if e.arm.detector in NATIVE_SIZE else e.name, e)
+        first.setdefault("SSD" if e.arm.detector in SSD_NAMES else e.name, e)
     fl, ce, frcnn, ssd = (first[n] for n in ("RetinaNet (FL)", "RetinaNet (α-CE)", "Faster R-CNN", "SSD"))
     return [
         compare_seeds("RetinaNet with FL beats RetinaNet with α-balanced CE (Table 1)", fl.stats(), ce.stats()),

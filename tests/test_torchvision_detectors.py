@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from fl_lab.data import Shapes, collate
 from fl_lab.evaluate import evaluate, predict
 from fl_lab.model import RetinaNet
-from fl_lab.torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector
+from fl_lab.torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector, input_side
 from fl_lab.train import TrainSettings, train
 
 torch.set_grad_enabled(True)
@@ -191,3 +191,15 @@ def test_builders_reject_bad_arguments():
         TorchvisionDetector(torch.nn.Identity(), amp="int8")
 
 
+
+
+@pytest.mark.parametrize("kind", sorted(DETECTORS))
+def test_input_side_is_the_side_each_detector_resizes_to(kind):
+    """What tables report as a detector's input size is what its transform does to a 128 px image:
+    the SSDs resize to their native side (300, 320), the others keep fl_lab's size."""
+    model = build_torchvision_detector(kind, 3, 128).eval()
+    with torch.no_grad():
+        batch, _ = model.transform([torch.zeros(3, 128, 128)])
+    native = {"ssd300": 300, "ssdlite": 320}.get(kind, 128)  # torchvision's ssd300_vgg16, ssdlite320_mobilenet_v3_large
+    assert batch.tensors.shape[-2:] == (native, native) and input_side(kind, 128) == native
+    assert input_side(None, 128) == 128  # fl_lab's RetinaNet
