@@ -253,10 +253,12 @@ def load_results(path: str | Path, confirmed: bool = False) -> list[ArmResult]:
     return [ArmResult.from_json(r) for r in saved["confirmed" if confirmed else "rows"]]
 
 
-def figure_rows(results: Sequence[ArmResult]) -> list[dict]:
+def figure_rows(results: Sequence[ArmResult], paired: bool = False) -> list[dict]:
     """The plain data :func:`fl_lab.plots.ablations_figure` draws: name, group, AP per seed, paper AP, diverged
-    seeds."""
-    return [{"name": r.name, "group": r.arm.group, "ap": list(r.stats().values),
+    seeds. ``paired``: every row in one group named by the seeds (the confirmation rows, which share them),
+    so that the figure joins each seed across all of them."""
+    seeds = "seeds " + ", ".join(str(run.seed) for run in results[0].runs) if results else ""
+    return [{"name": r.name, "group": seeds if paired else r.arm.group, "ap": list(r.stats().values),
              "paper": r.arm.paper[0] if r.arm.paper else None, "diverged": len(r.diverged)} for r in results]
 
 
@@ -270,9 +272,8 @@ def save_figure(results: Sequence[ArmResult], folder: str | Path, device: str, s
     plots.ablations_figure(figure_rows(results), title=f"Table 1 at small scale ({device}, {seeds} seeds)"
                            ).savefig(path, dpi=100)
     if confirmed:
-        group = "confirmation seeds " + ", ".join(str(r.seed) for r in confirmed[0].runs)
-        rows = [{**row, "group": group} for row in figure_rows(confirmed)]
-        plots.ablations_figure(rows, title=f"The rows Table 1's claims compare, on the confirmation seeds ({device})"
+        plots.ablations_figure(figure_rows(confirmed, paired=True),
+                               title=f"The rows Table 1's claims compare, on the confirmation seeds ({device})"
                                ).savefig(Path(folder) / "table1_confirmed.png", dpi=100)
     return path
 
@@ -304,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.backbone_weights not in (None, "shapes") and not Path(args.backbone_weights).is_file():
         parser.error(f"--backbone-weights: no file {args.backbone_weights!r}; make it with "
                      "python -m fl_lab.pretrain --out FILE (add --steps 1500 --lr 0.001 --dense-weight 0 for the "
-                     "earlier backbone of results/table1_cpu), or pass 'shapes'")
+                     "earlier backbone of results/fl_vs_ce), or pass 'shapes'")
     grid = table1_grid(fast=args.fast)
     if args.rows:
         wanted = [name.strip() for name in args.rows.split(",")]

@@ -12,6 +12,8 @@ from fl_lab.analysis import FAILS, HOLDS, NOT_TESTED, WITHIN_NOISE, format_claim
 from fl_lab.experiment import Arm, ArmResult, RunRecord, slug
 from fl_lab.train import PRESETS, Config
 
+ROOT = Path(__file__).parents[1]
+
 
 def test_grid_follows_the_paper():
     grid = table1_grid()
@@ -77,6 +79,9 @@ def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
     assert [t.get_text() for t in ours.get_yticklabels()] == ["fl", "ohem", "blow up"]
     assert list(ours.get_yticks()) == [2, 1, 0]  # the first run on top
     assert ours.get_xlabel() and paper.get_xlabel() and len(fig.legends) == 1
+    paired = figure_rows(results, paired=True)  # rows sharing their seeds: one group, named by them
+    assert {r["group"] for r in paired} == {"seeds 0, 1"} and [r["ap"] for r in paired] == [
+        r["ap"] for r in figure_rows(results)]
 
 
 def test_runner_rejects_an_unknown_field(tmp_path):
@@ -235,23 +240,51 @@ def test_command_line_turns_a_user_error_into_one_line(tmp_path, capsys):
     assert "Not a directory" in lines[0]
 
 
-def test_results_confirm_runs_are_read_back_as_table1_rows_on_the_lessons_backbone(tmp_path, monkeypatch):
+def _place_tool():
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("place_confirm_runs", ROOT / "tools" / "place_confirm_runs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _confirmed_runs(arm_prefix: str) -> list[dict]:
+    saved = json.loads((ROOT / "results" / "confirm" / "confirm.json").read_text())
+    return next(a for a in saved["arms"] if a["arm"].startswith(arm_prefix))["confirmed"]["runs"]
+
+
+def test_results_confirm_runs_are_read_back_as_table1_rows_on_the_lessons_backbone(tmp_path, monkeypatch):
     import fl_lab.experiment as experiment
     from fl_lab.ablations import FL_GAMMA_2, alpha_ce
 
-    root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("table1_from_confirm", root / "tools" / "table1_from_confirm.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    placed = tool.place(tmp_path)
+    tool = _place_tool()
+    rows = tool.experiment_rows("table1", tmp_path)
+    placed = tool.place(*rows)
     # FL γ=2 α=.25 and α-CE α=.5 at lr 0.01 on seeds 0-2 and 100-104, α-CE .75 and .9 on seeds 0-2
-    assert len(placed) == 22 and tool.place(tmp_path) == []  # written once
-    saved = json.loads((root / "results" / "confirm" / "confirm.json").read_text())
-    fl = next(a for a in saved["arms"] if a["arm"].startswith("FL"))["confirmed"]["runs"]
+    assert len(placed) == 22 and tool.place(*rows) == []  # written once
+    fl = _confirmed_runs("FL")
     monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("trained instead of reading back"))
     base = table1_base(gpu=False, backbone_weights="shapes")
     read = experiment.run_arm(FL_GAMMA_2, base, tmp_path, (100, 101, 102, 103, 104))
     assert [r.ap for r in read.runs] == [r["metrics"]["AP"] for r in fl]
     assert len(experiment.run_arm(alpha_ce(0.9), base, tmp_path, (0, 1, 2)).runs) == 3
+
+
+def test_results_confirm_runs_are_read_back_as_lesson_07s_retinanets_but_the_timed_first_seed(tmp_path, monkeypatch):
+    import fl_lab.experiment as experiment
+    from fl_lab.compare import compare_base, detector_arms
+
+    tool = _place_tool()
+    placed = tool.place(*tool.experiment_rows("figure2", tmp_path))
+    # FL and α-CE at 128 px on seeds 101-104; seed 100 is trained, to be timed on its weights
+    assert sorted(Path(p).name for p in placed) == sorted(["seed101", "seed102", "seed103", "seed104"] * 2)
+    assert not any("faster_rcnn" in p or "ssd" in p or "96px" in p for p in placed)
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("trained instead of reading back"))
+    base = dataclasses.replace(compare_base(gpu=False, fast=False), device="cpu", evaluate=True)
+    fl, ce = detector_arms(base, (96, 192))[0], detector_arms(base, (96, 192))[3]
+    assert (fl.name, ce.name) == ("RetinaNet (FL)", "RetinaNet (α-CE)")
+    read = experiment.run_arm(fl, base, tmp_path, (101, 102))
+    assert [r.ap for r in read.runs] == [r["metrics"]["AP"] for r in _confirmed_runs("FL")[1:3]]
+    assert [r.ap for r in experiment.run_arm(ce, base, tmp_path, (101, 102)).runs] == [
+        r["metrics"]["AP"] for r in _confirmed_runs("α-CE")[1:3]]

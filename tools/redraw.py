@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _table1(path: Path) -> list[Path]:
+    saved = json.loads(path.read_text())
     results = ablations.load_results(path)
+    confirmed = ablations.load_results(path, confirmed=True) if "confirmed" in saved else []
     seeds = max(len(r.runs) for r in results)
-    return [ablations.save_figure(results, path.parent, json.loads(path.read_text())["device"], seeds)]
+    return [ablations.save_figure(results, path.parent, saved["device"], seeds, confirmed)]
 
 
 FIGURES = {  # results file -> how its figures are drawn into its folder
