@@ -27,6 +27,7 @@ def _table1(path: Path) -> list[Path]:
 
 FIGURES = {  # results file -> how its figures are drawn into its folder
     "results/table1_cpu/table1.json": _table1,
+    "results/table1_cpu/earlier_backbone/table1.json": _table1,
     "results/table1_cpu/from_scratch/table1.json": _table1,
     "results/fl_vs_ce/study.json": lambda p: study.save_gap_figures(study.load_results(p), p.parent),
     "results/fl_vs_ce/schedule/study.json": lambda p: study.save_gap_figures(study.load_results(p), p.parent),
