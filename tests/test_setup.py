@@ -226,3 +226,24 @@ def test_lessons_after_lesson_4_are_refreshed_with_its_backbone_already_cached(m
     assert made == []  # lesson 4 itself, and the lessons before it, start from the empty cache
     tools.as_after_lesson_4(ROOT / "notebooks" / "06_ablations.ipynb", str(tmp_path))
     assert made == [("resnet18", str(tmp_path))]  # made in the refresh's own cache, not the learner's
+
+
+def test_refresh_copies_lesson_4s_backbone_only_for_later_lessons(tmp_path, monkeypatch, capsys):
+    tools = load_tools_notebooks()
+    later, lesson_4 = ROOT / "notebooks" / "06_ablations.ipynb", ROOT / "notebooks" / "04_training.ipynb"
+    with pytest.raises(SystemExit) as no_cache:
+        tools.main(["--backbone-from", str(tmp_path), str(later)])
+    home = tmp_path / "torch"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / "backbone.pt").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as too_early:
+        tools.main(["--backbone-from", str(home), str(lesson_4), str(later)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert no_cache.value.code == too_early.value.code == 2 and len(errors) == 2
+    assert "no hub cache" in errors[0] and "04_training.ipynb must show the backbone being made" in errors[1]
+
+    seen = []
+    monkeypatch.setattr(tools, "refresh", lambda path, torch_home: seen.append(
+        (path.name, (Path(torch_home) / "hub" / "checkpoints" / "backbone.pt").read_bytes())) or "refreshed")
+    assert tools.main(["--backbone-from", str(home), str(later)]) == 0
+    assert seen == [("06_ablations.ipynb", b"weights")]

@@ -9,11 +9,13 @@ it is not marked ``nbval-ignore-output`` (widgets, and outputs that vary from on
 
     python tools/notebooks.py notebooks/*.ipynb           # what `make notebooks` runs (tens of minutes)
     python tools/notebooks.py --check notebooks/*.ipynb   # exit 1 if a notebook breaks the storage rule
+    python tools/notebooks.py --backbone-from ~/.cache/torch notebooks/06_ablations.ipynb   # lessons after 4, faster
 
 Full mode reads the committed ``results/`` for what takes hours; it runs with an empty torch hub
 cache, so the stored outputs show lesson 4 pretraining its backbone as a learner's first run does,
 and later lessons find it cached, as they do for a learner who took the course in order (refreshed
-without lesson 4, they get it made first).
+without lesson 4, they get it made first, or copied from a torch home that holds it with
+``--backbone-from``: the pretraining is bitwise reproducible, so the outputs are the same).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import configparser
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -212,9 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="only report notebooks that break the storage rule")
+    parser.add_argument("--backbone-from", type=Path, metavar="TORCH_HOME",
+                        help="copy lesson 4's backbone from this torch home's hub cache (e.g. ~/.cache/torch) "
+                        "instead of pretraining it; only for lessons after lesson 4")
     args = parser.parse_args(argv)
+    if args.backbone_from is not None:
+        hub = args.backbone_from.expanduser() / "hub"
+        if not hub.is_dir():
+            parser.error(f"--backbone-from: no hub cache in {args.backbone_from} (run lesson 4 or "
+                         "python -m fl_lab.pretrain first)")
+        early = [p.name for p in args.notebooks if p.name <= MAKES_BACKBONE]
+        if early:
+            parser.error(f"--backbone-from: {', '.join(early)} must show the backbone being made; "
+                         "refresh it without --backbone-from")
     status = 0
     with tempfile.TemporaryDirectory(prefix="fl_lab_torch_home_") as torch_home:
+        if args.backbone_from is not None and not args.check:
+            shutil.copytree(args.backbone_from.expanduser() / "hub", Path(torch_home) / "hub")
         for path in args.notebooks:
             if args.check:
                 for problem in storage_problems(nbformat.read(path, as_version=4), path.stat().st_size):
