@@ -23,7 +23,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -43,33 +43,13 @@ from .experiment import (
     run_or_exit,
     write_results,
 )
-from .torch_utils import eval_mode, median_ms, resolve_device
+from .inference_timing import inference_ms_per_image, side_by_side_ms
+from .torch_utils import resolve_device
 from .torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector, input_side
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
 
 __all__ = ["PAPER", "SSD_NAMES", "TIMING", "check_orderings", "compare", "compare_base", "detector_arms",
-           "figure2_points", "format_table", "image_size", "inference_ms_per_image", "load_results", "ms_per_image"]
-
-
-def inference_ms_per_image(
-    model: nn.Module,
-    images: Tensor,
-    image_sizes: Optional[Sequence[tuple[int, int]]] = None,
-    repeats: int = 5,
-    warmup: int = 2,
-    clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """Median milliseconds per image of ``model.detect(model(images), image_sizes)`` in eval mode.
-
-    images: (B, 3, H, W) on the model's device. The first ``warmup`` calls are not timed
-    (allocator, kernel selection, lazy initialisation); on a GPU each timed call starts and
-    ends with a synchronisation, so the time is the device's, not the launch's.
-    """
-    sizes = list(image_sizes) if image_sizes is not None else [tuple(images.shape[-2:])] * len(images)
-    with eval_mode(model), torch.no_grad():
-        ms = median_ms(lambda: model.detect(model(images), sizes), images.device, repeats, warmup, clock)
-    return ms / len(images)
-
+           "figure2_points", "format_table", "image_size", "load_results", "ms_per_image", "scale_claims"]
 
 
 # ------------------------------------------------------------------------------ the comparison
@@ -193,22 +173,26 @@ def compare(
     The arms of :func:`detector_arms` (``sizes``: the paper's speed/accuracy curve; ``ssd``:
     "ssdlite" or "ssd300"), each trained by :func:`fl_lab.experiment.run_arm` in a folder under
     ``out`` (finished runs are read back). ``measured["ms_per_image"]``: :func:`inference_ms_per_image`
-    of the first seed's model on ``timing_batch`` validation images, same device for all, taken as
-    soon as that model is trained and kept beside its run (:data:`TIMING`): a comparison too long
-    for one sitting continues elsewhere from its runs' records (``tools/run_records.py``), without
-    their weights. Time it with nothing else running.
+    of the first seed's model on ``timing_batch`` validation images, same device for all. Each is
+    timed as soon as it is trained and the time kept beside its run (:data:`TIMING`), so that a
+    comparison too long for one sitting continues elsewhere from its runs' records
+    (``tools/run_records.py``), without their weights; then every model whose weights are here is
+    timed again, all side by side at the end (:func:`side_by_side_ms`; ``measured["side_by_side"]``).
+    Time it with nothing else running.
     """
     device = resolve_device(device)
     base = dataclasses.replace(base, device=str(device), evaluate=True)
-    entries = []
+    entries, firsts = [], []
     for arm in tqdm(detector_arms(base, sizes, ssd), desc="detectors", disable=not progress):
         build = None if arm.detector is None else partial(_torchvision_model, kind=arm.detector)
         (first,) = run_arm(arm, base, out, seeds[:1], progress=progress, build=build).runs
-        ms = _timed(dataclasses.replace(arm.config(base, out), seed=first.seed, out=first.out), arm.detector, device,
-                    timing_batch)
-        entry = run_arm(arm, base, out, seeds, progress=progress, build=build)
-        entry.measured["ms_per_image"] = ms
-        entries.append(entry)
+        firsts.append(dataclasses.replace(arm.config(base, out), seed=first.seed, out=first.out))
+        _timed(firsts[-1], arm.detector, device, timing_batch)  # kept now: a study continued elsewhere has it
+        entries.append(run_arm(arm, base, out, seeds, progress=progress, build=build))
+    _retime_side_by_side(entries, firsts, device, timing_batch)
+    for entry, first in zip(entries, firsts, strict=True):
+        saved = json.loads((Path(first.out) / TIMING).read_text())
+        entry.measured.update(ms_per_image=saved["ms_per_image"], side_by_side=saved.get("side_by_side", False))
     return entries
 
 
@@ -229,13 +213,47 @@ def _timed(config: Config, kind: Optional[str], device: torch.device, timing_bat
     if not (Path(config.out) / "last.pt").is_file():
         raise FileNotFoundError(f"{config.out} holds neither a {TIMING} of its run nor the weights (last.pt) to "
                                 "time; remove its run.json to train it again")
-    model = _trained(config, kind, device)
+    model, images, sizes = _timing_input(config, kind, device, timing_batch)
+    ms = inference_ms_per_image(model, images, sizes)
+    _keep_time(config, ms, len(images), device, side_by_side=False)
+    return ms
+
+
+def _timing_input(config: Config, kind: Optional[str], device: torch.device,
+                  timing_batch: int) -> tuple[nn.Module, Tensor, list[tuple[int, int]]]:
+    """The trained model of the run in ``config.out`` and the first ``timing_batch`` validation images
+    it is timed on: (model, images (B, 3, H, W), their sizes)."""
     _, val_set = datasets(config)
     batch = collate([val_set[i] for i in range(min(timing_batch, len(val_set)))]).to(device)
-    ms = inference_ms_per_image(model, batch.images, batch.image_sizes)
-    path.write_text(json.dumps({"ms_per_image": ms, "images": len(batch.images), "device": str(device),
-                                "torch": torch.__version__, "run": run}))
-    return ms
+    return _trained(config, kind, device), batch.images, batch.image_sizes
+
+
+def _keep_time(config: Config, ms: float, images: int, device: torch.device, side_by_side: bool) -> None:
+    """Write a run's inference time to its :data:`TIMING` file, tied to its ``run.json`` (sha256)."""
+    run = hashlib.sha256((Path(config.out) / RECORD).read_bytes()).hexdigest()
+    (Path(config.out) / TIMING).write_text(json.dumps({"ms_per_image": ms, "images": images, "device": str(device),
+                                                       "torch": torch.__version__, "run": run,
+                                                       "side_by_side": side_by_side}))
+
+
+def _retime_side_by_side(entries: Sequence[ArmResult], firsts: Sequence[Config], device: torch.device,
+                         timing_batch: int) -> None:
+    """Time again, side by side (:func:`side_by_side_ms`), every entry whose first-seed weights are here,
+    and keep those times (:data:`TIMING`): the comparison's speeds are then measured in one sitting, in
+    turns. An entry without weights (continued elsewhere from its records) keeps the time measured
+    when it was trained."""
+    here = [(e, c) for e, c in zip(entries, firsts, strict=True) if (Path(c.out) / "last.pt").is_file()]
+    batches = [_timing_input(config, entry.arm.detector, device, timing_batch) for entry, config in here]
+    for (_, config), (_, images, _), ms in zip(here, batches, side_by_side_ms(batches), strict=True):
+        _keep_time(config, ms, len(images), device, side_by_side=True)
+
+
+def _timed_how(entries: Sequence[ArmResult]) -> str:
+    together = [e for e in entries if e.measured.get("side_by_side")]
+    if len(together) == len(entries):
+        return "inference: each detector's first-seed model, all timed side by side in turns (3 rounds, median)"
+    return ("inference: each detector's first-seed model timed when it was trained"
+            + (f"; {len(together)} of them again side by side" if together else ""))
 
 
 def figure2_points(entries: Sequence[ArmResult]) -> list[dict]:
@@ -275,6 +293,26 @@ def check_orderings(entries: Sequence[ArmResult]) -> list[Claim]:
     ]
 
 
+def scale_claims(entries: Sequence[ArmResult]) -> list[Claim]:
+    """Figure 2's two curves compared size by size: at each input size that both RetinaNet (FL) and
+    Faster R-CNN trained at, "RetinaNet is more accurate" judged seed by seed (as
+    :func:`check_orderings` does at the base size) and "RetinaNet is faster" (one measurement).
+    Nothing when only one size was trained (that is :func:`check_orderings`' comparison)."""
+    at: dict[int, dict[str, ArmResult]] = {}
+    for e in entries:
+        if e.name in ("RetinaNet (FL)", "Faster R-CNN"):
+            at.setdefault(image_size(e), {})[e.name] = e
+    sizes = [size for size in sorted(at) if len(at[size]) == 2]
+    claims = []
+    for size in sizes if len(sizes) > 1 else []:
+        fl, frcnn = at[size]["RetinaNet (FL)"], at[size]["Faster R-CNN"]
+        fast, slow = ms_per_image(fl), ms_per_image(frcnn)
+        claims += [compare_seeds(f"at {size} px, RetinaNet with FL beats Faster R-CNN", fl.stats(), frcnn.stats()),
+                   Claim.check(f"at {size} px, RetinaNet is faster than Faster R-CNN", fast < slow,
+                               f"{fast:.1f} vs {slow:.1f} ms per image ({slow / fast:.1f}×)")]
+    return claims
+
+
 def load_results(path: str | Path) -> list[ArmResult]:
     """The entries of a ``compare.json`` written by ``python -m fl_lab.compare --results`` (what lesson 07 reads).
     An SSD is named what it is (:data:`SSD_NAMES`), also in records made before 2026-12-07 that call it "SSD"."""
@@ -289,8 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m fl_lab.compare``: train lesson 07's detectors over seeds, print the table and the orderings.
 
     With ``--results DIR`` also writes ``compare.txt``, ``compare.json`` and ``compare.png`` there.
-    Finished runs are read back, with the inference time measured when each detector's first seed
-    was trained (so train it undisturbed).
+    Finished runs are read back; each detector's first-seed model is timed when trained and again,
+    side by side with the others, at the end (so run it undisturbed).
     """
     from . import plots
     from .analysis import format_claims
@@ -325,18 +363,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wall = time.perf_counter() - start
     device = torch.cuda.get_device_name() if cuda else "CPU"
     made = sum(run.seconds for e in entries for run in e.runs)
-    claims = check_orderings(entries)
+    claims, curve = check_orderings(entries), scale_claims(entries)
     also = f" (RetinaNet and Faster R-CNN also at {', '.join(map(str, sizes))} px)" if sizes else ""
     text = "\n\n".join([f"4 detectors{also} × {len(seeds)} seeds of {base.steps} iterations on {device}: "
                          f"{made / 60:.0f} min of training and evaluation when the runs were made; "
-                         "inference timed as each detector's first seed was trained", format_table(entries),
-                         format_claims(claims)])
+                         + _timed_how(entries), format_table(entries),
+                         format_claims(claims),
+                         *([f"the two curves, size by size\n{format_claims(curve)}"] if curve else [])])
     print(text)
     if args.results:
         folder = Path(args.results)
         write_results(folder, "compare", command_line(parser, argv), text, {
             "device": device, "wall_s_this_call": wall, "base": dataclasses.asdict(base), "seeds": list(seeds),
-            "entries": [e.to_json() for e in entries], "claims": [dataclasses.asdict(c) for c in claims]})
+            "entries": [e.to_json() for e in entries], "claims": [dataclasses.asdict(c) for c in [*claims, *curve]]})
         plots.figure2(figure2_points(entries), PAPER_SPEED, title=f"AP against inference time ({device}, "
                       f"{base.steps} iterations, {len(seeds)} seeds)").savefig(folder / "compare.png", dpi=100)
     return 0

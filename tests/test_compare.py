@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_lab.compare import inference_ms_per_image
 from fl_lab.data import Shapes
+from fl_lab.inference_timing import inference_ms_per_image, side_by_side_ms
 from fl_lab.model import RetinaNet
 from fl_lab.torchvision_detectors import ImagesOnly
 
@@ -47,6 +47,20 @@ def test_inference_timer_excludes_warmup_and_takes_the_median():
         inference_ms_per_image(model, torch.zeros(1, 3, 8, 8), repeats=0)
 
 
+def test_detectors_are_timed_in_turns_and_each_keeps_its_median_round():
+    calls = []
+    times = {"a": iter([5.0, 9.0, 6.0]), "b": iter([50.0, 40.0, 45.0])}  # ms of each model, round by round
+
+    def timer(model, images, sizes):
+        calls.append(model)
+        return next(times[model])
+
+    assert side_by_side_ms([("a", None, []), ("b", None, [])], rounds=3, timer=timer) == [6.0, 45.0]
+    assert calls == ["a", "b"] * 3  # in turns, not one model's rounds back to back
+    with pytest.raises(ValueError, match="rounds"):
+        side_by_side_ms([("a", None, [])], rounds=0, timer=timer)
+
+
 def test_inference_timer_on_fl_lab_retinanet():
     model = RetinaNet(K, backbone="resnet18", fpn_channels=32, head_convs=1).train()
     detected = []
@@ -82,6 +96,29 @@ def test_orderings_are_judged_against_the_seeds_noise():
     silent = [dataclasses.replace(e, runs=[dataclasses.replace(r, metrics={"AP": 0.0, "AP50": 0.0}) for r in e.runs])
               for e in ties]
     assert [c.verdict for c in check_orderings(silent)][:3] == [NOT_TESTED] * 3  # nothing detected: nothing to rank
+
+
+def test_the_curves_are_compared_size_by_size_seed_by_seed():
+    from fl_lab.analysis import FAILS, HOLDS, WITHIN_NOISE
+    from fl_lab.compare import scale_claims
+    from fl_lab.experiment import Arm, ArmResult, RunRecord
+
+    def entry(name, size, aps, ms, detector=None):
+        runs = [RunRecord({"seed": 100 + i, "image_size": 128, "input_size": size}, {"AP": a}, None, {}, 1.0, "")
+                for i, a in enumerate(aps)]
+        return ArmResult(Arm(name, detector=detector), runs, {"ms_per_image": ms})
+
+    fl = [entry("RetinaNet (FL)", 96, [0.50, 0.52, 0.51], 5.0), entry("RetinaNet (FL)", 192, [0.70, 0.72, 0.71], 20.0)]
+    frcnn = [entry("Faster R-CNN", 96, [0.40, 0.43, 0.41], 40.0, "faster_rcnn"),
+             entry("Faster R-CNN", 192, [0.70, 0.75, 0.69], 10.0, "faster_rcnn")]
+    ssd = entry("SSDlite320-MobileNetV3", 128, [0.1, 0.1, 0.1], 3.0, "ssdlite")
+    claims = scale_claims([*fl, frcnn[1], ssd, frcnn[0]])  # any order; the SSD is no curve
+    assert [c.text for c in claims] == [
+        "at 96 px, RetinaNet with FL beats Faster R-CNN", "at 96 px, RetinaNet is faster than Faster R-CNN",
+        "at 192 px, RetinaNet with FL beats Faster R-CNN", "at 192 px, RetinaNet is faster than Faster R-CNN"]
+    assert [c.verdict for c in claims] == [HOLDS, HOLDS, WITHIN_NOISE, FAILS]
+    assert "paired over 3 seeds" in claims[0].detail and "5.0 vs 40.0 ms per image (8.0×)" in claims[1].detail
+    assert scale_claims([fl[0], frcnn[0]]) == [] and scale_claims([*fl, frcnn[0]]) == []  # no curve to compare
 
 
 def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, monkeypatch, capsys, resnet18_file):
@@ -137,12 +174,14 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert [e["runs"][0]["weights_sha256"] for e in entries] == [digest] * 5 + [None]
     outs = [run["out"] for e in entries for run in e["runs"]]
     assert len(set(outs)) == len(outs) and all(Path(o, "metrics.json").is_file() for o in outs)  # a folder each
-    assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4
+    assert all(e["measured"]["ms_per_image"] > 0 for e in entries) and len(saved["claims"]) == 4 + 4
     loaded = compare.load_results(tmp_path / "res" / "compare.json")
     assert [compare.image_size(e) for e in loaded] == [64, 96, 64, 64, 96, 320]  # SSDlite at its native 320 px
     table = compare.format_table(loaded)
     assert table in printed and all(compare.PAPER[e.name] in table for e in loaded)
-    assert [c.verdict for c in compare.check_orderings(loaded)] == [c["verdict"] for c in saved["claims"]]
+    judged = [*compare.check_orderings(loaded), *compare.scale_claims(loaded)]  # at 64 px; then at 64 and 96 px
+    assert [(c.text, c.verdict) for c in judged] == [(c["text"], c["verdict"]) for c in saved["claims"]]
+    assert "the two curves, size by size" in printed and "at 96 px, RetinaNet is faster" in printed
     assert (tmp_path / "res" / "compare.png").stat().st_size > 1000
     assert (tmp_path / "res" / "compare.txt").read_text().startswith("$ python -m fl_lab.compare --device cpu")
     fig = figure2(compare.figure2_points(loaded), compare.PAPER_SPEED, title="t")
@@ -152,9 +191,11 @@ def test_compare_trains_scores_times_and_writes_what_lesson_07_reads(tmp_path, m
     assert len(ours.containers) == 4  # one error-bar line per design; each detector's two sizes joined
     curves = {c.get_label(): len(c.lines[0].get_xdata()) for c in ours.containers}  # points on each detector's line
     assert curves == {"RetinaNet (FL)": 2, "RetinaNet (α-CE)": 1, "Faster R-CNN": 2, "SSDlite320-MobileNetV3": 1}
-    # the first seed's model was timed as soon as it was trained, and the time kept beside its run
-    assert [json.loads(Path(e["runs"][0]["out"], compare.TIMING).read_text())["ms_per_image"] for e in entries] == [
-        e["measured"]["ms_per_image"] for e in entries]
+    # the first seed's model was timed when trained, then again side by side with the others; that time is kept
+    timings = [json.loads(Path(e["runs"][0]["out"], compare.TIMING).read_text()) for e in entries]
+    assert [t["ms_per_image"] for t in timings] == [e["measured"]["ms_per_image"] for e in entries]
+    assert all(t["side_by_side"] and e["measured"]["side_by_side"] for t, e in zip(timings, entries, strict=True))
+    assert "all timed side by side in turns" in printed
     assert not any(Path(run["out"], compare.TIMING).exists() for e in entries for run in e["runs"][1:])
     # a second call without the weights (a study continued elsewhere from its records) reads runs and times back
     for weights in (tmp_path / "runs").rglob("*.pt"):
