@@ -272,6 +272,7 @@ def gap_figure(gaps: Sequence[RegimeGap]):
     counts = {_count(g.objects) for g in gaps}
     what = f"{counts.pop()} objects per image" if len(counts) == 1 else "object counts differ"
     return plots.gap_figure(points, xlabel="negative anchors per positive anchor (log scale)", log_x=True,
+                            joined=False,  # each canvas draws its own data: its seeds pair within it, not across
                             names=(f"{first} (its α)", f"{second} (its α)"),
                             title=f"{first} − {second} on the confirmation seeds against the imbalance ({what})")
 

@@ -332,6 +332,7 @@ def gap_figure(results: Sequence[RowResult], sweep: str):
 
     xlabel, what = _AXES[sweep]
     return plots.gap_figure(gap_points(results, sweep), xlabel=xlabel, log_x=True,
+                            joined=sweep not in (IMBALANCE, PRETRAINED),  # the imbalance rows draw other data
                             title=f"FL (γ = 2, α = .25) − α-CE (α = .75) {what} (Shapes, 2 CPU cores)")
 
 

@@ -184,6 +184,13 @@ def test_gap_figure_draws_each_arm_and_the_gap_seed_by_seed_with_its_t_interval(
     segment = bars.get_segments()[1]
     np.testing.assert_allclose(segment[1][1] - segment[0][1], 2 * 4.303 / np.sqrt(3), rtol=1e-4)
     assert arms.get_xscale() == "log" and "3 seeds" in arms.get_title()
+    assert all(line.get_linestyle() == "-" for line in seeds)
+    # rows that draw other data (another canvas): each seed's dots, no line pretending to pair them
+    apart = plots.gap_figure(points, xlabel="negatives per positive", title="t", log_x=True, joined=False).axes[1]
+    dots = [line for line in apart.get_lines() if line.get_marker() == "o"]
+    assert len(dots) == 3 and all(line.get_linestyle() == "None" for line in dots)
+    np.testing.assert_allclose(dots[1].get_ydata(), seeds[1].get_ydata())
+    assert "rows draw other data" in [t.get_text() for t in apart.get_legend().get_texts()][0]
 
 
 def test_coverage_figure_shows_each_setting_and_the_papers_imbalance():

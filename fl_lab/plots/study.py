@@ -21,16 +21,19 @@ def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
 
 
 def gap_figure(points: Sequence[tuple[float, Sequence[float], Sequence[float]]], xlabel: str, title: str,
-               names: tuple[str, str] = ("FL γ = 2, α = .25", "α-CE, α = .75"), log_x: bool = False) -> Figure:
+               names: tuple[str, str] = ("FL γ = 2, α = .25", "α-CE, α = .75"), log_x: bool = False,
+               joined: bool = True) -> Figure:
     """Left: each arm's AP (×100, mean ± one standard error over seeds) against a factor.
-    Right: the gap seed by seed — each seed's difference (first minus second) as a dot, one seed's
-    dots joined across the factor, and the mean difference with its 95 % t interval (n − 1 degrees
-    of freedom: :func:`fl_lab.analysis.paired_difference`). An interval clear of zero is a
-    difference beyond the noise, the rule every claim of the kit uses.
+    Right: the gap seed by seed — each seed's difference (first minus second) as a dot, and the
+    mean difference with its 95 % t interval (n − 1 degrees of freedom:
+    :func:`fl_lab.analysis.paired_difference`). An interval clear of zero is a difference beyond
+    the noise, the rule every claim of the kit uses.
 
     points: one (factor value, first arm's AP per seed, second arm's AP per seed) per row; the two
-    lists in the same seed order, and the i-th value of every row from the same seed (the rows of
-    a study share their seeds; a row may have more).
+    lists in the same seed order, and the i-th value of every row from the same seed (a row may
+    have more). joined: one seed's dots joined across the factor — only where the rows share that
+    seed's data (a longer schedule, another learning rate), not where the factor draws other data
+    (another canvas or object count), which a line would pretend to pair.
     """
     points = sorted(points, key=lambda p: p[0])
     xs = [p[0] for p in points]
@@ -43,8 +46,9 @@ def gap_figure(points: Sequence[tuple[float, Sequence[float], Sequence[float]]],
     per_seed = [[100 * (x - y) for x, y in zip(a, b, strict=True)] for _, a, b in points]
     for i in range(max(len(d) for d in per_seed)):
         seen = [(x, d[i]) for x, d in zip(xs, per_seed, strict=True) if i < len(d)]
-        gap.plot([x for x, _ in seen], [v for _, v in seen], "o-", color="0.65", lw=0.8, ms=4,
-                 label="one seed's difference" if i == 0 else None)
+        gap.plot([x for x, _ in seen], [v for _, v in seen], "o-" if joined else "o", color="0.65", lw=0.8, ms=4,
+                 label=("one seed's difference" if joined else "one seed's difference (rows draw other data)")
+                 if i == 0 else None)
     paired = [(x, paired_difference(a, b)) for x, a, b in points if len(a) > 1]
     gap.axhline(0, color="black", lw=1, label="no difference")
     gap.errorbar([x for x, _ in paired], [100 * d.mean for _, d in paired],
