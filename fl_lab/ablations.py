@@ -257,8 +257,11 @@ def figure_rows(results: Sequence[ArmResult], paired: bool = False) -> list[dict
     """The plain data :func:`fl_lab.plots.ablations_figure` draws: name, group, AP per seed, paper AP, diverged
     seeds. ``paired``: every row in one group named by the seeds (the confirmation rows, which share them),
     so that the figure joins each seed across all of them."""
-    seeds = "seeds " + ", ".join(str(run.seed) for run in results[0].runs) if results else ""
-    return [{"name": r.name, "group": seeds if paired else r.arm.group, "ap": list(r.stats().values),
+    seeds = sorted({tuple(run.seed for run in r.runs) for r in results})
+    if paired and len(seeds) > 1:
+        raise ValueError(f"paired rows must share their seeds (the figure joins them by position), got {seeds}")
+    group = "seeds " + ", ".join(map(str, seeds[0])) if paired and seeds else ""
+    return [{"name": r.name, "group": group or r.arm.group, "ap": list(r.stats().values),
              "paper": r.arm.paper[0] if r.arm.paper else None, "diverged": len(r.diverged)} for r in results]
 
 

@@ -43,7 +43,7 @@ from .experiment import (
     run_or_exit,
     write_results,
 )
-from .inference_timing import inference_ms_per_image, side_by_side_ms
+from .inference_timing import ROUNDS, inference_ms_per_image, side_by_side_ms
 from .torch_utils import resolve_device
 from .torchvision_detectors import DETECTORS, TorchvisionDetector, build_torchvision_detector, input_side
 from .train import PRESETS, Config, backbone_weights_file, datasets, load_checkpoint, load_run
@@ -189,10 +189,10 @@ def compare(
         firsts.append(dataclasses.replace(arm.config(base, out), seed=first.seed, out=first.out))
         _timed(firsts[-1], arm.detector, device, timing_batch)  # kept now: a study continued elsewhere has it
         entries.append(run_arm(arm, base, out, seeds, progress=progress, build=build))
-    _retime_side_by_side(entries, firsts, device, timing_batch)
+    together = _retime_side_by_side(entries, firsts, device, timing_batch)
     for entry, first in zip(entries, firsts, strict=True):
         saved = json.loads((Path(first.out) / TIMING).read_text())
-        entry.measured.update(ms_per_image=saved["ms_per_image"], side_by_side=saved.get("side_by_side", False))
+        entry.measured.update(ms_per_image=saved["ms_per_image"], side_by_side=first.out in together)
     return entries
 
 
@@ -237,23 +237,25 @@ def _keep_time(config: Config, ms: float, images: int, device: torch.device, sid
 
 
 def _retime_side_by_side(entries: Sequence[ArmResult], firsts: Sequence[Config], device: torch.device,
-                         timing_batch: int) -> None:
+                         timing_batch: int) -> set[str]:
     """Time again, side by side (:func:`side_by_side_ms`), every entry whose first-seed weights are here,
-    and keep those times (:data:`TIMING`): the comparison's speeds are then measured in one sitting, in
-    turns. An entry without weights (continued elsewhere from its records) keeps the time measured
-    when it was trained."""
+    and keep those times (:data:`TIMING`): each call measures the comparison's speeds in one sitting, in
+    turns (so they are re-measured whenever it runs, also when every run is read back). An entry
+    without weights (continued elsewhere from its records) keeps the time it was given before. The
+    folders of the runs timed now."""
     here = [(e, c) for e, c in zip(entries, firsts, strict=True) if (Path(c.out) / "last.pt").is_file()]
     batches = [_timing_input(config, entry.arm.detector, device, timing_batch) for entry, config in here]
     for (_, config), (_, images, _), ms in zip(here, batches, side_by_side_ms(batches), strict=True):
         _keep_time(config, ms, len(images), device, side_by_side=True)
+    return {config.out for _, config in here}
 
 
 def _timed_how(entries: Sequence[ArmResult]) -> str:
     together = [e for e in entries if e.measured.get("side_by_side")]
     if len(together) == len(entries):
-        return "inference: each detector's first-seed model, all timed side by side in turns (3 rounds, median)"
-    return ("inference: each detector's first-seed model timed when it was trained"
-            + (f"; {len(together)} of them again side by side" if together else ""))
+        return f"inference: each detector's first-seed model, all timed side by side in turns ({ROUNDS} rounds, median)"
+    return ("inference: each detector's first-seed model timed earlier (its weights are not here)"
+            + (f"; {len(together)} of them timed again now, side by side" if together else ""))
 
 
 def figure2_points(entries: Sequence[ArmResult]) -> list[dict]:
@@ -294,17 +296,16 @@ def check_orderings(entries: Sequence[ArmResult]) -> list[Claim]:
 
 
 def scale_claims(entries: Sequence[ArmResult]) -> list[Claim]:
-    """Figure 2's two curves compared size by size: at each input size that both RetinaNet (FL) and
-    Faster R-CNN trained at, "RetinaNet is more accurate" judged seed by seed (as
-    :func:`check_orderings` does at the base size) and "RetinaNet is faster" (one measurement).
-    Nothing when only one size was trained (that is :func:`check_orderings`' comparison)."""
+    """Figure 2's two curves compared at their other sizes: at each input size besides the base one
+    (:func:`check_orderings` compares there) that both RetinaNet (FL) and Faster R-CNN trained at,
+    "RetinaNet is more accurate" judged seed by seed and "RetinaNet is faster" (one measurement)."""
     at: dict[int, dict[str, ArmResult]] = {}
     for e in entries:
         if e.name in ("RetinaNet (FL)", "Faster R-CNN"):
             at.setdefault(image_size(e), {})[e.name] = e
-    sizes = [size for size in sorted(at) if len(at[size]) == 2]
+    base = next((image_size(e) for e in entries if e.name == "RetinaNet (FL)"), None)  # its first entry
     claims = []
-    for size in sizes if len(sizes) > 1 else []:
+    for size in sorted(s for s in at if s != base and len(at[s]) == 2):
         fl, frcnn = at[size]["RetinaNet (FL)"], at[size]["Faster R-CNN"]
         fast, slow = ms_per_image(fl), ms_per_image(frcnn)
         claims += [compare_seeds(f"at {size} px, RetinaNet with FL beats Faster R-CNN", fl.stats(), frcnn.stats()),
@@ -369,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"{made / 60:.0f} min of training and evaluation when the runs were made; "
                          + _timed_how(entries), format_table(entries),
                          format_claims(claims),
-                         *([f"the two curves, size by size\n{format_claims(curve)}"] if curve else [])])
+                         *([f"the two curves at their other sizes\n{format_claims(curve)}"] if curve else [])])
     print(text)
     if args.results:
         folder = Path(args.results)

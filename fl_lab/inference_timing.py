@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .torch_utils import eval_mode, median_ms
 
-__all__ = ["inference_ms_per_image", "side_by_side_ms"]
+__all__ = ["ROUNDS", "inference_ms_per_image", "side_by_side_ms"]
 
 
 def inference_ms_per_image(
@@ -35,16 +35,23 @@ def inference_ms_per_image(
     return ms / len(images)
 
 
-def side_by_side_ms(batches: Sequence[tuple[nn.Module, Tensor, Sequence[tuple[int, int]]]], rounds: int = 3,
+#: Rounds of :func:`side_by_side_ms`: each model's time is the median of this many.
+ROUNDS = 3
+
+
+def side_by_side_ms(batches: Sequence[tuple[nn.Module, Tensor, Sequence[tuple[int, int]]]], rounds: int = ROUNDS,
                     timer: Callable[..., float] = inference_ms_per_image) -> list[float]:
     """Milliseconds per image of each (model, images (B, 3, H, W), image sizes), timed in turns: each
-    round times every model once (:func:`inference_ms_per_image`), and a model's time is its median
-    over the rounds. A disturbance of the machine while they run (another job on a shared CPU) then
+    round times every model once (:func:`inference_ms_per_image`), every other round in reverse
+    order (so that no model always follows the same one), and a model's time is its median over
+    the rounds. A disturbance of the machine while they run (another job on a shared CPU) then
     falls on every model alike instead of on whichever was being timed."""
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
     times = [[] for _ in batches]
-    for _ in range(rounds):
-        for ms, (model, images, sizes) in zip(times, batches, strict=True):
-            ms.append(timer(model, images, sizes))
+    for r in range(rounds):
+        order = list(range(len(batches)))
+        for i in order if r % 2 == 0 else order[::-1]:
+            model, images, sizes = batches[i]
+            times[i].append(timer(model, images, sizes))
     return [statistics.median(ms) for ms in times]

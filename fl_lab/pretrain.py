@@ -56,7 +56,7 @@ __all__ = ["EARLIER_RECIPE", "RECIPE", "ShapesClassifier", "cell_labels", "crops
 #: The default recipe of :func:`pretrain_backbone`: what ``backbone_weights="shapes"`` fine-tunes from.
 RECIPE = dict(steps=300, batch_size=32, image_size=64, num_classes=5, lr=2e-3, dense_weight=3.0, seed=0)
 #: The recipe the kit used before the cell labels: the crop's label alone, 1500 iterations. The
-#: committed studies of results/fl_vs_ce and compare_cpu fine-tuned from it.
+#: committed studies of results/fl_vs_ce, table1_cpu/earlier_backbone and compare_cpu fine-tuned from it.
 EARLIER_RECIPE = dict(RECIPE, steps=1500, lr=1e-3, dense_weight=0.0)
 CELL_STRIDES = (8, 16, 32)  # C3, C4, C5: the ResNet stages the FPN reads (§3)
 

@@ -82,6 +82,8 @@ def test_runner_trains_seeds_reads_back_and_records_divergence(tmp_path):
     paired = figure_rows(results, paired=True)  # rows sharing their seeds: one group, named by them
     assert {r["group"] for r in paired} == {"seeds 0, 1"} and [r["ap"] for r in paired] == [
         r["ap"] for r in figure_rows(results)]
+    with pytest.raises(ValueError, match="share their seeds"):  # joined by position: other seeds would mislead
+        figure_rows([results[0], dataclasses.replace(results[1], runs=results[1].runs[:1])], paired=True)
 
 
 def test_runner_rejects_an_unknown_field(tmp_path):
@@ -279,7 +281,7 @@ def test_results_confirm_runs_are_read_back_as_lesson_07s_retinanets_but_the_tim
     placed = tool.place(*tool.experiment_rows("figure2", tmp_path))
     # FL and α-CE at 128 px on seeds 101-104; seed 100 is trained, to be timed on its weights
     assert sorted(Path(p).name for p in placed) == sorted(["seed101", "seed102", "seed103", "seed104"] * 2)
-    assert not any("faster_rcnn" in p or "ssd" in p or "96px" in p for p in placed)
+    assert not any("faster_rcnn" in p or "ssd" in p for p in placed)
     monkeypatch.setattr(experiment, "run", lambda *a, **k: pytest.fail("trained instead of reading back"))
     base = dataclasses.replace(compare_base(gpu=False, fast=False), device="cpu", evaluate=True)
     fl, ce = detector_arms(base, (96, 192))[0], detector_arms(base, (96, 192))[3]

@@ -234,16 +234,20 @@ def test_refresh_copies_lesson_4s_backbone_only_for_later_lessons(tmp_path, monk
     with pytest.raises(SystemExit) as no_cache:
         tools.main(["--backbone-from", str(tmp_path), str(later)])
     home = tmp_path / "torch"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    (home / "hub" / "checkpoints" / "backbone.pt").write_bytes(b"weights")
+    backbone = tools.lesson_4_backbone(home)
+    backbone.parent.mkdir(parents=True)
+    backbone.write_bytes(b"weights")
+    (backbone.parent / "resnet18-f37072fd.pth").write_bytes(b"imagenet")  # another cached file: not copied
     with pytest.raises(SystemExit) as too_early:
         tools.main(["--backbone-from", str(home), str(lesson_4), str(later)])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert no_cache.value.code == too_early.value.code == 2 and len(errors) == 2
-    assert "no hub cache" in errors[0] and "04_training.ipynb must show the backbone being made" in errors[1]
+    assert f"no {backbone.name} in" in errors[0] and "04_training.ipynb must show the backbone being made" in errors[1]
+    assert backbone.name.startswith("fl_lab_resnet18_shapes-")
 
     seen = []
     monkeypatch.setattr(tools, "refresh", lambda path, torch_home: seen.append(
-        (path.name, (Path(torch_home) / "hub" / "checkpoints" / "backbone.pt").read_bytes())) or "refreshed")
+        (path.name, sorted((f.name, f.read_bytes()) for f in (Path(torch_home) / "hub" / "checkpoints").iterdir())))
+        or "refreshed")
     assert tools.main(["--backbone-from", str(home), str(later)]) == 0
-    assert seen == [("06_ablations.ipynb", b"weights")]
+    assert seen == [("06_ablations.ipynb", [(backbone.name, b"weights")])]

@@ -183,6 +183,14 @@ def as_after_lesson_4(path: Path, torch_home: str) -> None:
         shapes_weights("resnet18")
 
 
+def lesson_4_backbone(torch_home: Path) -> Path:
+    """Where lesson 4's Shapes-pretrained backbone lies under ``torch_home``
+    (:func:`fl_lab.pretrain.shapes_weights_path`, whose file name names its recipe)."""
+    from fl_lab.pretrain import shapes_weights_path
+
+    return torch_home / "hub" / "checkpoints" / shapes_weights_path("resnet18").name
+
+
 def refresh(path: Path, torch_home: str) -> str:
     """Run ``path`` in fast mode, then in full mode; store the full run, tagged (:func:`tag`)."""
     as_after_lesson_4(path, torch_home)
@@ -216,13 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="only report notebooks that break the storage rule")
     parser.add_argument("--backbone-from", type=Path, metavar="TORCH_HOME",
-                        help="copy lesson 4's backbone from this torch home's hub cache (e.g. ~/.cache/torch) "
+                        help="copy lesson 4's backbone (and nothing else) from this torch home (e.g. ~/.cache/torch) "
                         "instead of pretraining it; only for lessons after lesson 4")
     args = parser.parse_args(argv)
-    if args.backbone_from is not None:
-        hub = args.backbone_from.expanduser() / "hub"
-        if not hub.is_dir():
-            parser.error(f"--backbone-from: no hub cache in {args.backbone_from} (run lesson 4 or "
+    backbone = None
+    if args.backbone_from is not None and not args.check:
+        backbone = lesson_4_backbone(args.backbone_from.expanduser())
+        if not backbone.is_file():
+            parser.error(f"--backbone-from: no {backbone.name} in {backbone.parent} (run lesson 4 or "
                          "python -m fl_lab.pretrain first)")
         early = [p.name for p in args.notebooks if p.name <= MAKES_BACKBONE]
         if early:
@@ -230,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                          "refresh it without --backbone-from")
     status = 0
     with tempfile.TemporaryDirectory(prefix="fl_lab_torch_home_") as torch_home:
-        if args.backbone_from is not None and not args.check:
-            shutil.copytree(args.backbone_from.expanduser() / "hub", Path(torch_home) / "hub")
+        if backbone is not None:  # only this file: other cached weights (ImageNet, COCO) would change what lessons do
+            target = lesson_4_backbone(Path(torch_home))
+            target.parent.mkdir(parents=True)
+            for file in (backbone, backbone.with_name(backbone.name + ".json")):
+                if file.is_file():
+                    shutil.copy2(file, target.parent / file.name)
         for path in args.notebooks:
             if args.check:
                 for problem in storage_problems(nbformat.read(path, as_version=4), path.stat().st_size):

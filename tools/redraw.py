@@ -22,7 +22,8 @@ def _table1(path: Path) -> list[Path]:
     results = ablations.load_results(path)
     confirmed = ablations.load_results(path, confirmed=True) if "confirmed" in saved else []
     seeds = max(len(r.runs) for r in results)
-    return [ablations.save_figure(results, path.parent, saved["device"], seeds, confirmed)]
+    grid = ablations.save_figure(results, path.parent, saved["device"], seeds, confirmed)
+    return [grid, *([grid.with_name("table1_confirmed.png")] if confirmed else [])]
 
 
 FIGURES = {  # results file -> how its figures are drawn into its folder

@@ -35,7 +35,8 @@ STUDIES = {  # results file -> how its claims are made from its runs
     "results/table1_cpu/table1.json": _table1_claims,
     "results/table1_cpu/earlier_backbone/table1.json": _table1_claims,
     "results/table1_cpu/from_scratch/table1.json": _table1_claims,
-    "results/compare_cpu/compare.json": lambda p: compare.check_orderings(compare.load_results(p)),
+    "results/compare_cpu/compare.json": lambda p: [*compare.check_orderings(compare.load_results(p)),
+                                                   *compare.scale_claims(compare.load_results(p))],
     "results/fl_vs_ce/study.json": lambda p: study.gap_claims(study.load_results(p)),
     "results/fl_vs_ce/schedule/study.json": lambda p: study.gap_claims(study.load_results(p)),
 }
